@@ -1,0 +1,1 @@
+"""The geospatial and learning core of changeflow: plain functions, no orchestration."""

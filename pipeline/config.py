@@ -1,0 +1,210 @@
+"""Run configuration: one YAML file per run, validated by pydantic.
+
+Every default lives here. Unknown keys are errors (``extra="forbid"``) so that a typo such as
+``min_overlpa`` is reported with its name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import Enum
+from pathlib import Path
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+
+class Sensor(str, Enum):
+    """Sensor family of a scene; decides how it is read and how it is co-registered."""
+
+    gf2 = "gf2"
+    gf3 = "gf3"
+    s2 = "s2"
+    generic = "generic"
+
+
+class Role(str, Enum):
+    """Role of an image inside a scene group, with GOLD's letters."""
+
+    A = "A"  # optical t1 (the geometric reference)
+    B = "B"  # SAR t2 (or a second optical date in LEVIR-style pairs)
+    C = "C"  # optical t2 (GOLD's teacher input)
+    label = "label"  # change mask: 0 no change, 1 change, 255 ignore
+
+
+SAR_SENSORS = frozenset({Sensor.gf3})
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SceneEntry(StrictModel):
+    """One image in a scene list."""
+
+    path: Path
+    sensor: Sensor = Sensor.generic
+    role: Role
+    date: dt.date | None = None
+    group: str | None = None
+    id: str | None = Field(default=None, description="Scene id; defaults to the file stem.")
+    bands: int | None = Field(default=None, ge=1, description="Expected band count; checked.")
+    sar: bool | None = Field(
+        default=None,
+        description="Treat as SAR for co-registration; defaults to sensor == gf3 or role == B with gf3.",
+    )
+
+    @property
+    def scene_id(self) -> str:
+        return self.id or self.path.stem
+
+    @property
+    def is_sar(self) -> bool:
+        if self.sar is not None:
+            return self.sar
+        return self.sensor in SAR_SENSORS
+
+
+class GridConfig(StrictModel):
+    """Reference grid of a group: the reference image's CRS and resolution unless set here."""
+
+    crs: str | None = Field(default=None, description="Target CRS, e.g. 'EPSG:32650'.")
+    resolution: float | None = Field(default=None, gt=0, description="Pixel size in CRS units.")
+    reference_role: Role = Role.A
+
+
+class CoregistrationConfig(StrictModel):
+    """Global phase correlation plus a RANSAC-filtered local tie-point grid (AROSICS-style)."""
+
+    enabled: bool = True
+    window: int = Field(default=256, ge=32, description="Tie-point matching window (px).")
+    grid_spacing: int = Field(default=256, ge=16, description="Distance between tie points (px).")
+    max_shift_px: float = Field(default=32.0, gt=0, description="Largest shift searched for.")
+    min_reliability: float = Field(default=30.0, ge=0, le=100, description="Tie-point gate (%).")
+    min_valid_fraction: float = Field(default=0.9, gt=0, le=1)
+    ransac_threshold_px: float = Field(default=1.0, gt=0)
+    min_tiepoints: int = Field(default=6, ge=3, description="Fewer kept points → translation only.")
+    max_rmse_px: float = Field(default=2.0, gt=0, description="Images above this RMSE are refused.")
+    upsample_factor: int = Field(default=50, ge=1, description="Sub-pixel precision 1/upsample px.")
+    orientations: int = Field(default=9, ge=3, description="CFOG orientation channels.")
+
+
+class TilingConfig(StrictModel):
+    size: int = Field(default=512, ge=16)
+    stride: int = Field(default=256, ge=1)
+    black_threshold: float = Field(
+        default=0.95, gt=0, le=1, description="Drop a tile when this fraction of any image is black."
+    )
+    black_value: float = Field(
+        default=5, description="Integer imagery: a pixel whose bands are all <= this is black."
+    )
+    dedup_overlap: float = Field(
+        default=0.8, gt=0, le=1, description="Drop a tile overlapping a kept one by more than this."
+    )
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> TilingConfig:
+        if self.stride > self.size:
+            raise ValueError(f"tiling.stride ({self.stride}) must not exceed tiling.size ({self.size})")
+        return self
+
+
+class SplitConfig(StrictModel):
+    train: float = Field(default=0.7, ge=0, le=1)
+    val: float = Field(default=0.15, ge=0, le=1)
+    test: float = Field(default=0.15, ge=0, le=1)
+    block_tiles: int = Field(
+        default=4, ge=1, description="Side of a spatial split block, in tile sizes."
+    )
+    seed: int = 666
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1, got {total:g}")
+        return self
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+class PrepareConfig(StrictModel):
+    """Configuration of `changeflow prepare`."""
+
+    scenes: list[SceneEntry] = Field(default_factory=list)
+    inbox: Path | None = Field(default=None, description="Folder with {base}_{A|B|D|E}.{tif|png}.")
+    inbox_sensors: dict[Role, Sensor] = Field(
+        default_factory=lambda: {Role.A: Sensor.gf2, Role.B: Sensor.gf3, Role.C: Sensor.s2},
+        description="Sensor assumed for each role of an inbox file.",
+    )
+    georeferenced: bool = Field(
+        default=True, description="False accepts images without CRS; tiles are in pixel space."
+    )
+    min_overlap: float = Field(default=0.8, gt=0, le=1)
+    expected_bands: dict[Role, int] = Field(default_factory=dict)
+    footprint_max_size: int = Field(default=2048, ge=64, description="Mask size for footprints.")
+    block_size: int = Field(default=1024, ge=64, description="Block size for streamed I/O (px).")
+    grid: GridConfig = GridConfig()
+    coregistration: CoregistrationConfig = CoregistrationConfig()
+    tiling: TilingConfig = TilingConfig()
+    split: SplitConfig = SplitConfig()
+
+    @model_validator(mode="after")
+    def _has_input(self) -> PrepareConfig:
+        if not self.scenes and self.inbox is None:
+            raise ValueError("give a scene list ('scenes') or an inbox folder ('inbox')")
+        return self
+
+    @field_validator("expected_bands")
+    @classmethod
+    def _label_has_one_band(cls, value: dict[Role, int]) -> dict[Role, int]:
+        if value.get(Role.label, 1) != 1:
+            raise ValueError("a label raster has exactly one band")
+        return value
+
+
+def _format_validation_error(path: Path, error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"'{key}': {item['msg']}")
+    return f"{path}: invalid config: " + "; ".join(lines)
+
+
+def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictModel:
+    """Read and validate a YAML config; relative paths are resolved against the file's folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        config = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
+    """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
+    if not isinstance(config, PrepareConfig):
+        return config
+    scenes = [
+        scene if scene.path.is_absolute() else scene.model_copy(update={"path": base / scene.path})
+        for scene in config.scenes
+    ]
+    inbox = config.inbox
+    if inbox is not None and not inbox.is_absolute():
+        inbox = base / inbox
+    return config.model_copy(update={"scenes": scenes, "inbox": inbox})
+

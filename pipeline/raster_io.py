@@ -1,0 +1,117 @@
+"""Opening rasters and reading windows as data plus a valid mask.
+
+Nodata is a mask, not a value: every read returns the pixels and a boolean mask of valid pixels
+(GDAL mask / nodata / alpha, NaN, and for integer imagery GOLD's "black" rule, all bands <= a value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.io import DatasetReader, MemoryFile
+from rasterio.windows import Window
+
+from pipeline.errors import InputError
+
+MAT_KEYS = ("image_t1", "image_t2", "Ref_gt")
+
+
+def _mat_to_memfile(path: Path, key: str | None) -> MemoryFile:
+    """Wrap one array of a MATLAB v5 file (the .mat benchmark sets) as an in-memory GeoTIFF."""
+    from scipy.io import loadmat
+
+    try:
+        content = loadmat(path)
+    except Exception as exc:
+        raise InputError(path, f"cannot read MATLAB file: {exc}") from None
+    arrays = {k: v for k, v in content.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+    if key is None:
+        if len(arrays) != 1:
+            raise InputError(path, f"holds several arrays {sorted(arrays)}; name one as 'file.mat:key'")
+        key = next(iter(arrays))
+    if key not in arrays:
+        raise InputError(path, f"no array '{key}' (found {sorted(arrays)})")
+    array = np.asarray(arrays[key])
+    array = array[np.newaxis] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    memfile = MemoryFile()
+    with memfile.open(
+        driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0], dtype=array.dtype
+    ) as dst:
+        dst.write(array)
+    return memfile
+
+
+def split_mat_key(path: Path) -> tuple[Path, str | None]:
+    """``file.mat:image_t1`` → (file.mat, 'image_t1'); other paths pass through."""
+    text = str(path)
+    if ".mat:" in text:
+        file, key = text.rsplit(":", 1)
+        return Path(file), key
+    return Path(path), None
+
+
+@contextmanager
+def open_raster(path: Path | str) -> Iterator[DatasetReader]:
+    """Open any raster GDAL reads (or a MATLAB array as ``file.mat:key``), with a clear error."""
+    file, key = split_mat_key(Path(path))
+    if file.suffix.lower() == ".mat":
+        if not file.exists():
+            raise InputError(file, "file not found")
+        with _mat_to_memfile(file, key) as memfile, memfile.open() as dataset:
+            yield dataset
+        return
+    if not file.exists():
+        raise InputError(file, "file not found")
+    try:
+        dataset = rasterio.open(file)
+    except RasterioIOError as exc:
+        raise InputError(file, f"not a readable raster ({exc})") from None
+    with dataset:
+        yield dataset
+
+
+def is_integer(dtype: str | np.dtype) -> bool:
+    return np.issubdtype(np.dtype(dtype), np.integer)
+
+
+def valid_mask(
+    data: np.ndarray, gdal_mask: np.ndarray, *, black_value: float | None
+) -> np.ndarray:
+    """Valid pixels of a (bands, H, W) block: GDAL's mask, finite, and not black (integer data)."""
+    valid = gdal_mask > 0
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    elif black_value is not None:
+        valid &= (data > black_value).any(axis=0)
+    return valid
+
+
+def read_window(
+    dataset: DatasetReader,
+    window: Window | None = None,
+    *,
+    black_value: float | None = None,
+    out_shape: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window as (data, valid) with data of shape (bands, H, W) in the file's dtype.
+
+    ``black_value`` applies GOLD's black rule to integer imagery (a pixel whose bands are all
+    <= the value is invalid); pass None for labels and float data such as SAR in dB.
+    Read errors (truncated or corrupt files) become an InputError naming the file.
+    """
+    shape = None if out_shape is None else (dataset.count, *out_shape)
+    try:
+        data = dataset.read(window=window, out_shape=shape)
+        mask = dataset.dataset_mask(window=window, out_shape=out_shape)
+    except RasterioIOError as exc:
+        raise InputError(dataset.name, f"read failed, the file may be truncated or corrupt ({exc})") from None
+    return data, valid_mask(data, mask, black_value=black_value)
