@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import Enum
+from typing import Literal
 from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -34,6 +35,9 @@ class Role(str, Enum):
 
 
 SAR_SENSORS = frozenset({Sensor.gf3})
+
+
+LabelEncoding = Literal["change01", "binary255"]
 
 
 class StrictModel(BaseModel):
@@ -144,6 +148,10 @@ class PrepareConfig(StrictModel):
         default=True, description="False accepts images without CRS; tiles are in pixel space."
     )
     min_overlap: float = Field(default=0.8, gt=0, le=1)
+    label_encoding: LabelEncoding = Field(
+        default="change01",
+        description="change01: 0 no change, 1 change, 255 ignore; binary255: GOLD's 0/255 masks.",
+    )
     expected_bands: dict[Role, int] = Field(default_factory=dict)
     footprint_max_size: int = Field(default=2048, ge=64, description="Mask size for footprints.")
     block_size: int = Field(default=1024, ge=64, description="Block size for streamed I/O (px).")

@@ -1,0 +1,47 @@
+"""The `changeflow` command line: one YAML config per run, rich progress, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pipeline.config import PrepareConfig, load_config
+from pipeline.errors import ChangeflowError
+
+app = typer.Typer(
+    help="changeflow: GF-2 / GF-3 / Sentinel-2 scenes in, georeferenced change maps out.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def main() -> None:
+    """Run a pipeline stage from a YAML config."""
+
+
+@app.command()
+def prepare(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config: scene list or inbox."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (tiles, catalog.gpkg, report)."),
+    dask_address: str | None = typer.Option(
+        None, "--dask-address", help="Run the per-group work on this Dask scheduler (tcp://HOST:PORT)."
+    ),
+) -> None:
+    """Catalog, group, co-register and tile scenes into a leakage-free train/val/test split."""
+    try:
+        load_config(config, PrepareConfig)
+        from flows.prepare import run_prepare
+
+        report = run_prepare(config, out, dask_address=dask_address, progress=True)
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["splits"].items())
+    console.print(f"[green]prepared[/] {out}: tiles {splits}")
+    for name, problem in {**report["groups_failed"], **report["scenes_refused"], **report["scenes_not_grouped"], **report["images_refused"]}.items():
+        console.print(f"[yellow]warning:[/] {name}: {problem}")
+    console.print(f"index: {out / 'catalog.gpkg'}  report: {out / 'prepare_report.json'}")

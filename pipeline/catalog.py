@@ -1,0 +1,165 @@
+"""Catalog: one record per scene, with its valid-data footprint.
+
+The footprint is traced from the valid mask (GDAL mask / nodata, NaN, GOLD's black rule for
+integer imagery), read at a reduced resolution so that memory stays bounded for any scene size.
+It is never the bounding box: collars and slanted swath edges are excluded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio.features
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor
+from pipeline.errors import InputError
+from pipeline.raster_io import is_integer, open_raster, read_window
+
+INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)$", re.IGNORECASE)
+INBOX_ROLES = {"A": Role.A, "B": Role.B, "D": Role.C, "E": Role.label}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A catalogued image: what it is, where it lies, and where its valid data are."""
+
+    id: str
+    path: Path
+    sensor: Sensor
+    role: Role
+    date: dt.date | None
+    group: str | None
+    is_sar: bool
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    nodata: float | None
+    footprint: BaseGeometry  # in the scene's CRS (pixel space when not georeferenced)
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def black_value_applies(self) -> bool:
+        """GOLD's black rule is for integer imagery only (not labels, not SAR in dB)."""
+        return self.role is not Role.label and is_integer(self.dtype)
+
+
+def scan_inbox(folder: Path, config: PrepareConfig) -> list[SceneEntry]:
+    """Scene entries for an inbox in GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``."""
+    if not folder.is_dir():
+        raise InputError(folder, "inbox folder not found")
+    entries = []
+    for path in sorted(folder.iterdir()):
+        match = INBOX_PATTERN.match(path.name)
+        if match is None:
+            continue
+        role = INBOX_ROLES[match["letter"].upper()]
+        sensor = config.inbox_sensors.get(role, Sensor.generic)
+        entries.append(
+            SceneEntry(path=path, role=role, sensor=sensor, group=match["base"], id=path.stem)
+        )
+    return entries
+
+
+def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
+    """All scene entries of a config: its explicit list plus its inbox, if any."""
+    entries = list(config.scenes)
+    if config.inbox is not None:
+        entries += scan_inbox(config.inbox, config)
+    ids = [entry.scene_id for entry in entries]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(entries[ids.index(duplicates[0])].path, f"scene id '{duplicates[0]}' is used twice")
+    return entries
+
+
+def footprint_from_mask(valid: np.ndarray, transform: Affine) -> BaseGeometry:
+    """Union of the valid regions of a boolean mask, in the coordinates of ``transform``."""
+    shapes = rasterio.features.shapes(valid.astype(np.uint8), mask=valid, transform=transform)
+    polygons = [shape(geometry) for geometry, value in shapes if value == 1]
+    return unary_union(polygons).buffer(0) if polygons else Polygon()
+
+
+def catalog_scene(entry: SceneEntry, config: PrepareConfig) -> Scene:
+    """Read one scene's metadata and footprint; raise InputError naming the file on bad input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(entry.path) as dataset:
+            crs = dataset.crs
+            if config.georeferenced and crs is None:
+                raise InputError(
+                    entry.path,
+                    "has no CRS; georeference it or set 'georeferenced: false' for pixel-space tiles",
+                )
+            if not config.georeferenced:
+                crs = None
+            transform = dataset.transform if crs is not None else Affine.identity()
+            expected = entry.bands or config.expected_bands.get(entry.role)
+            if entry.role is Role.label:
+                expected = 1
+            if expected is not None and dataset.count != expected:
+                raise InputError(entry.path, f"has {dataset.count} bands, expected {expected} for role {entry.role.value}")
+            dtype = dataset.dtypes[0]
+            black = (
+                config.tiling.black_value
+                if entry.role is not Role.label and is_integer(dtype)
+                else None
+            )
+            scale = max(dataset.width, dataset.height) / config.footprint_max_size
+            out_shape = None
+            mask_transform = transform
+            if scale > 1:
+                out_shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
+                mask_transform = transform * Affine.scale(
+                    dataset.width / out_shape[1], dataset.height / out_shape[0]
+                )
+            _, valid = read_window(dataset, black_value=black, out_shape=out_shape)
+            if not valid.any():
+                raise InputError(entry.path, "has no valid data (every pixel is nodata, NaN or black)")
+            footprint = footprint_from_mask(valid, mask_transform)
+            return Scene(
+                id=entry.scene_id,
+                path=entry.path,
+                sensor=entry.sensor,
+                role=entry.role,
+                date=entry.date,
+                group=entry.group,
+                is_sar=entry.is_sar,
+                crs=crs,
+                transform=transform,
+                width=dataset.width,
+                height=dataset.height,
+                bands=dataset.count,
+                dtype=dtype,
+                nodata=dataset.nodata,
+                footprint=footprint,
+            )
+
+
+def build_catalog(
+    entries: list[SceneEntry], config: PrepareConfig
+) -> tuple[list[Scene], list[tuple[SceneEntry, str]]]:
+    """Catalog every entry; bad inputs are returned as (entry, reason), the rest go on."""
+    scenes, failures = [], []
+    for entry in entries:
+        try:
+            scenes.append(catalog_scene(entry, config))
+        except InputError as exc:
+            failures.append((entry, str(exc)))
+    return scenes, failures
