@@ -126,7 +126,7 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig) -> Scene:
             mask_transform = transform
             if scale > 1:
                 out_shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
-                mask_transform = transform * Affine.scale(
+                mask_transform = transform @ Affine.scale(
                     dataset.width / out_shape[1], dataset.height / out_shape[0]
                 )
             _, valid = read_window(dataset, black_value=black, out_shape=out_shape)

@@ -62,7 +62,7 @@ def _snap(lattice: Affine, bounds: tuple[float, float, float, float]) -> tuple[A
     xs, ys = zip(*(inverse * (x, y) for x in bounds[0::2] for y in bounds[1::2]))
     col0, row0 = math.floor(round(min(xs), 6)), math.floor(round(min(ys), 6))
     col1, row1 = math.ceil(round(max(xs), 6)), math.ceil(round(max(ys), 6))
-    return lattice * Affine.translation(col0, row0), col1 - col0, row1 - row0
+    return lattice @ Affine.translation(col0, row0), col1 - col0, row1 - row0
 
 
 def reference_grid(group: Group, common_crs: CRS | None, config: GridConfig) -> GroupGrid:
@@ -113,7 +113,7 @@ def warped(
     value, because GOLD-style labels use 255 for change.
 
     ``correction`` maps a grid pixel to the pixel of the uncorrected warp that holds the same
-    ground (the co-registration matrix); warping to ``grid.transform * correction`` and labelling
+    ground (the co-registration matrix); warping to ``grid.transform @ correction`` and labelling
     the result with ``grid.transform`` applies it within the single resampling.
     """
     resampling = Resampling.nearest if scene.role is Role.label else Resampling.bilinear
@@ -123,7 +123,7 @@ def warped(
             with WarpedVRT(
                 source,
                 crs=grid.crs,
-                transform=grid.transform * correction,
+                transform=grid.transform @ correction,
                 width=grid.width,
                 height=grid.height,
                 resampling=resampling,
@@ -155,8 +155,7 @@ def _pixel_space_warp(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         data = source.read()
         valid = source.dataset_mask() > 0
-    if source.nodata is None:
-        if scene_is_label:
+    if scene_is_label:
         data = np.concatenate([data, np.where(valid, 255, 0).astype(data.dtype)[None]])
     elif source.nodata is None:
         data = np.where(valid[None], data, np.array(nodata).astype(data.dtype))
@@ -168,7 +167,7 @@ def _pixel_space_warp(
         src_transform=Affine.identity(),
         src_crs=PIXEL_SPACE_CRS,
         src_nodata=None if scene_is_label else nodata,
-        dst_transform=grid.transform * correction,
+        dst_transform=grid.transform @ correction,
         dst_crs=PIXEL_SPACE_CRS,
         dst_nodata=None if scene_is_label else nodata,
         resampling=resampling,

@@ -13,9 +13,10 @@ from pyproj import Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
+import numpy as np
+import shapely
 from shapely import segmentize
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import transform as shapely_transform
 
 from pipeline.catalog import Scene
 from pipeline.config import Role
@@ -64,7 +65,10 @@ def reproject_geometry(geometry: BaseGeometry, src: CRS | None, dst: CRS | None,
     if densify:
         geometry = segmentize(geometry, densify)
     transformer = Transformer.from_crs(src, dst, always_xy=True)
-    return shapely_transform(transformer.transform, geometry).buffer(0)
+    def project(coords: np.ndarray) -> np.ndarray:
+        return np.column_stack(transformer.transform(coords[:, 0], coords[:, 1]))
+
+    return shapely.transform(geometry, project).buffer(0)
 
 
 def footprint_in(scene: Scene, crs: CRS | None) -> BaseGeometry:

@@ -4,7 +4,7 @@ GOLD shuffled tiles (not places) and assigned them greedily to match the global 
 50 %-overlapping neighbours landed in train and val, and its test split was a copy of val. Here
 whole blocks are assigned (``pipeline.tiling`` keeps tiles of different blocks apart), with
 GOLD's greedy objective: the split's share of tiles close to its ratio and its change fraction
-close to the global one. Block keys are sorted before a seeded shuffle, so the result is the same
+close to the global one (as a relative error, so that rare change still weighs). Block keys are sorted before a seeded shuffle, so the result is the same
 on every run and machine (GOLD depended on Python's string-hash seed).
 """
 
@@ -33,9 +33,10 @@ def _cost(
 ) -> float:
     total = sum(counts.values())
     cost = sum(abs(counts[s] / total - ratios[s]) for s in ratios)
-    for split in ratios:
-        if labelled[split] > 0:
-            cost += abs(change[split] / labelled[split] - global_change)
+    if global_change > 0:
+        for split in ratios:
+            if labelled[split] > 0:
+                cost += abs(change[split] / labelled[split] / global_change - 1.0)
     return cost
 
 

@@ -1,0 +1,37 @@
+"""Config validation: unknown keys and bad values are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import PrepareConfig, load_config
+from pipeline.errors import ConfigError
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, "inbox: in\ntiling:\n  size: 512\n  strid: 256\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: invalid config: unknown config key 'tiling.strid'"):
+        load_config(path)
+
+
+def test_bad_value_is_named(tmp_path):
+    path = _write(tmp_path, "inbox: in\nsplit:\n  train: 0.9\n")
+    with pytest.raises(ConfigError, match="split ratios must sum to 1"):
+        load_config(path)
+    path = _write(tmp_path, "inbox: in\nmin_overlap: 1.5\n")
+    with pytest.raises(ConfigError, match="'min_overlap'"):
+        load_config(path)
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    path = _write(tmp_path, "scenes:\n  - {path: a.tif, role: A}\n")
+    config = load_config(path)
+    assert isinstance(config, PrepareConfig)
+    assert config.scenes[0].path == tmp_path / "a.tif"
+    assert config.tiling.size == 512 and config.tiling.stride == 256 and config.min_overlap == 0.8
