@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -9,6 +10,9 @@ from rich.console import Console
 
 from pipeline.config import PrepareConfig, load_config
 from pipeline.errors import ChangeflowError
+
+# No telemetry from the embedded Prefect server: machines may have no network.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     help="changeflow: GF-2 / GF-3 / Sentinel-2 scenes in, georeferenced change maps out.",

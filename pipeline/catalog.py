@@ -78,10 +78,21 @@ def scan_inbox(folder: Path, config: PrepareConfig) -> list[SceneEntry]:
 
 
 def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
-    """All scene entries of a config: its explicit list plus its inbox, if any."""
+    """All scene entries of a config: its explicit list plus its inbox, if any.
+
+    Ids default to the file stem, prefixed with the folder name when stems repeat (the
+    LEVIR-CD layout ``A/x.png``, ``B/x.png``).
+    """
     entries = list(config.scenes)
     if config.inbox is not None:
         entries += scan_inbox(config.inbox, config)
+    stems = [entry.path.stem for entry in entries]
+    entries = [
+        entry.model_copy(update={"id": f"{entry.path.parent.name}_{entry.path.stem}"})
+        if entry.id is None and stems.count(entry.path.stem) > 1
+        else entry
+        for entry in entries
+    ]
     ids = [entry.scene_id for entry in entries]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

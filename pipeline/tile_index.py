@@ -8,6 +8,7 @@ layer as its index.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -100,12 +101,15 @@ def tiles_frame(
 
 def write_index(path: Path, frames: dict[str, gpd.GeoDataFrame]) -> None:
     """Write all layers to a new GeoPackage, then rename it over the old one (atomic)."""
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
     partial.unlink(missing_ok=True)
-    for layer, frame in frames.items():
-        if frame.empty:
-            frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=frame.crs))
-        frame.to_file(partial, layer=layer, driver="GPKG", engine="pyogrio")
+    with warnings.catch_warnings():
+        # Pixel-space runs have no CRS by design.
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        for layer, frame in frames.items():
+            if frame.empty:
+                frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=frame.crs))
+            frame.to_file(partial, layer=layer, driver="GPKG", engine="pyogrio")
     os.replace(partial, path)
 
 

@@ -9,11 +9,13 @@ exact and the last window sits flush with the block edge (no zero padding, unlik
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 from shapely import STRtree
@@ -96,8 +98,15 @@ def _write_tile(path: Path, data: np.ndarray, source: DatasetReader, transform, 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     predictor = 2 if is_integer(data.dtype) else 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pixel-space tiles
+        _write_geotiff(partial, data, source, transform, nodata, predictor)
+    os.replace(partial, path)
+
+
+def _write_geotiff(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata, predictor: int) -> None:
     with rasterio.open(
-        partial,
+        path,
         "w",
         driver="GTiff",
         width=data.shape[2],
@@ -118,7 +127,6 @@ def _write_tile(path: Path, data: np.ndarray, source: DatasetReader, transform, 
         for band, description in enumerate(descriptions[: data.shape[0]], start=1):
             if description:
                 dst.set_band_description(band, description)
-    os.replace(partial, path)
 
 
 def cut_tiles(
