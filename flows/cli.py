@@ -49,3 +49,18 @@ def prepare(
     for name, problem in {**report["groups_failed"], **report["scenes_refused"], **report["scenes_not_grouped"], **report["images_refused"]}.items():
         console.print(f"[yellow]warning:[/] {name}: {problem}")
     console.print(f"index: {out / 'catalog.gpkg'}  report: {out / 'prepare_report.json'}")
+
+
+@app.command()
+def synthetic(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the scenes and scenes.yaml."),
+    size: int = typer.Option(2048, help="Side of the optical t1 image in pixels (4 m)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Write a synthetic GF-2 / GF-3 / Sentinel-2 scene group with a change label (demo, tests)."""
+    from pipeline.synthetic import write_synthetic_group
+
+    group = write_synthetic_group(out, size=size, seed=seed)
+    for role, path in group.paths.items():
+        console.print(f"{role:>5}: {path}")
+    console.print(f"scene list: {group.scene_list} (change fraction {group.change_fraction:.3f})")

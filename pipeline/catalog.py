@@ -22,7 +22,7 @@ from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor
+from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
 from pipeline.errors import InputError
 from pipeline.raster_io import is_integer, open_raster, read_window
 
@@ -84,6 +84,8 @@ def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
     LEVIR-CD layout ``A/x.png``, ``B/x.png``).
     """
     entries = list(config.scenes)
+    if config.scene_list is not None:
+        entries += load_scene_list(config.scene_list)
     if config.inbox is not None:
         entries += scan_inbox(config.inbox, config)
     stems = [entry.path.stem for entry in entries]

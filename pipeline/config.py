@@ -139,6 +139,9 @@ class PrepareConfig(StrictModel):
     """Configuration of `changeflow prepare`."""
 
     scenes: list[SceneEntry] = Field(default_factory=list)
+    scene_list: Path | None = Field(
+        default=None, description="A separate YAML scene list (a list of scenes, or a 'scenes:' key)."
+    )
     inbox: Path | None = Field(default=None, description="Folder with {base}_{A|B|D|E}.{tif|png}.")
     inbox_sensors: dict[Role, Sensor] = Field(
         default_factory=lambda: {Role.A: Sensor.gf2, Role.B: Sensor.gf3, Role.C: Sensor.s2},
@@ -162,8 +165,8 @@ class PrepareConfig(StrictModel):
 
     @model_validator(mode="after")
     def _has_input(self) -> PrepareConfig:
-        if not self.scenes and self.inbox is None:
-            raise ValueError("give a scene list ('scenes') or an inbox folder ('inbox')")
+        if not self.scenes and self.inbox is None and self.scene_list is None:
+            raise ValueError("give scenes ('scenes' or 'scene_list') or an inbox folder ('inbox')")
         return self
 
     @field_validator("expected_bands")
@@ -211,8 +214,31 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
         scene if scene.path.is_absolute() else scene.model_copy(update={"path": base / scene.path})
         for scene in config.scenes
     ]
-    inbox = config.inbox
-    if inbox is not None and not inbox.is_absolute():
-        inbox = base / inbox
-    return config.model_copy(update={"scenes": scenes, "inbox": inbox})
+    def absolute(path: Path | None) -> Path | None:
+        return path if path is None or path.is_absolute() else base / path
+
+    return config.model_copy(
+        update={"scenes": scenes, "inbox": absolute(config.inbox), "scene_list": absolute(config.scene_list)}
+    )
+
+
+def load_scene_list(path: Path) -> list[SceneEntry]:
+    """Scenes of a YAML scene list; relative paths are resolved against the list's folder."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: scene list not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    items = raw.get("scenes") if isinstance(raw, dict) else raw
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a list of scenes (or a 'scenes:' key)")
+    entries = []
+    for index, item in enumerate(items):
+        try:
+            entry = SceneEntry.model_validate(item)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(path, exc).replace("'", f"'scenes.{index}.", 1)) from None
+        entries.append(entry if entry.path.is_absolute() else entry.model_copy(update={"path": path.parent / entry.path}))
+    return entries
 
