@@ -18,6 +18,8 @@ from shapely.geometry.base import BaseGeometry
 
 BlockKey = tuple[str, int, int]  # (group, block column, block row)
 SPLITS = ("train", "val", "test")
+# Relative change-fraction error weighs less than the tile share: ratios come first.
+CHANGE_WEIGHT = 0.3
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def _cost(
     if global_change > 0:
         for split in ratios:
             if labelled[split] > 0:
-                cost += abs(change[split] / labelled[split] / global_change - 1.0)
+                cost += CHANGE_WEIGHT * abs(change[split] / labelled[split] / global_change - 1.0)
     return cost
 
 

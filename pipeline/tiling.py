@@ -61,17 +61,17 @@ def axis_positions(start: int, length: int, size: int, stride: int) -> list[int]
     return positions
 
 
-def block_extents(length: int, block: int, size: int) -> list[tuple[int, int]]:
-    """(start, length) of the blocks along one axis; the remainder joins the last block."""
-    period = block + BLOCK_GAP_PX
-    count = max(1, (length + BLOCK_GAP_PX) // period)
-    extents = [(i * period, block) for i in range(count)]
-    leftover = length - count * period
-    if leftover >= size:
-        extents.append((count * period, leftover))
-    else:
-        start = extents[-1][0]
-        extents[-1] = (start, length - start)
+def block_extents(length: int, block: int) -> list[tuple[int, int]]:
+    """(start, length) of the blocks along one axis: as many ``block``-long blocks as fit, with
+    the remainder spread evenly over them, one gap pixel between neighbours."""
+    count = max(1, (length + BLOCK_GAP_PX) // (block + BLOCK_GAP_PX))
+    usable = length - (count - 1) * BLOCK_GAP_PX
+    base, extra = divmod(usable, count)
+    extents, start = [], 0
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        extents.append((start, size))
+        start += size + BLOCK_GAP_PX
     return extents
 
 
@@ -79,8 +79,8 @@ def tile_windows(group: str, grid: GroupGrid, config: TilingConfig, block_tiles:
     """All candidate windows of a group grid, block by block, in a deterministic order."""
     block = block_tiles * config.size
     windows = []
-    for by, (row0, height) in enumerate(block_extents(grid.height, block, config.size)):
-        for bx, (col0, width) in enumerate(block_extents(grid.width, block, config.size)):
+    for by, (row0, height) in enumerate(block_extents(grid.height, block)):
+        for bx, (col0, width) in enumerate(block_extents(grid.width, block)):
             for row in axis_positions(row0, height, config.size, config.stride):
                 for col in axis_positions(col0, width, config.size, config.stride):
                     windows.append(

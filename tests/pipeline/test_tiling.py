@@ -23,16 +23,17 @@ def test_last_window_is_flush_with_the_edge():
     assert axis_positions(0, 500, 512, 256) == []
 
 
-def test_blocks_are_separated_and_absorb_a_short_remainder():
-    extents = block_extents(2 * 2048 + 1 + 300, 2048, 512)
-    assert extents == [(0, 2048), (2049, 2048 + 300)]
+def test_blocks_are_separated_and_share_the_remainder():
+    extents = block_extents(2 * 2048 + 1 + 300, 2048)
+    assert extents == [(0, 2048 + 150), (2048 + 150 + 1, 2048 + 150)]
+    assert block_extents(300, 2048) == [(0, 300)]
     # Tiles of neighbouring blocks neither overlap nor touch: one pixel apart.
     grid = GroupGrid(CRS.from_epsg(32650), TRANSFORM, 2 * 2048 + 1 + 300, 600)
     windows = tile_windows("g", grid, TilingConfig(), block_tiles=4)
     left = [w for w in windows if w.block == (0, 0)]
     right = [w for w in windows if w.block == (1, 0)]
-    assert max(w.window.col_off + 512 for w in left) == 2048
-    assert min(w.window.col_off for w in right) == 2049
+    assert max(w.window.col_off + 512 for w in left) == 2198
+    assert min(w.window.col_off for w in right) == 2199
     assert all(w.window.col_off + 512 <= grid.width and w.window.row_off + 512 <= grid.height for w in windows)
 
 
