@@ -327,7 +327,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
         outcome = next(o for o in outcomes if o.name == record["group"])
         transform = Affine(*outcome.grid["transform"])
         for point in record["points"]:
-            map_x, map_y = transform * (point["x"], point["y"])
+            map_x, map_y = transform @ (point["x"], point["y"])
             tiepoint_rows.append({
                 "group_name": record["group"], "image": record["image"], "x_px": point["x"], "y_px": point["y"],
                 "dx_px": point["dx"], "dy_px": point["dy"], "reliability": point["reliability"],

@@ -59,7 +59,7 @@ class GroupGrid:
 def _snap(lattice: Affine, bounds: tuple[float, float, float, float]) -> tuple[Affine, int, int]:
     """Smallest window of ``lattice`` pixels covering ``bounds``."""
     inverse = ~lattice
-    xs, ys = zip(*(inverse * (x, y) for x in bounds[0::2] for y in bounds[1::2]))
+    xs, ys = zip(*(inverse @ (x, y) for x in bounds[0::2] for y in bounds[1::2]))
     col0, row0 = math.floor(round(min(xs), 6)), math.floor(round(min(ys), 6))
     col1, row1 = math.ceil(round(max(xs), 6)), math.ceil(round(max(ys), 6))
     return lattice @ Affine.translation(col0, row0), col1 - col0, row1 - row0
