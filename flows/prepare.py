@@ -34,7 +34,7 @@ from pipeline.coregistration import CoregistrationResult, coregister
 from pipeline.errors import ChangeflowError, GroupError
 from pipeline.grid import GroupGrid, reference_grid, warped, write_cog
 from pipeline.overlap import Group, build_groups, reproject_geometry
-from pipeline.raster_io import is_integer
+from pipeline.raster_io import split_mat_key
 from pipeline.split import BlockStats, assign_splits, isolation_conflicts
 from pipeline.tile_index import groups_frame, scenes_frame, tiepoints_frame, tiles_frame, write_index
 from pipeline.tiling import TileRecord, cut_tiles, find_duplicates, tile_windows
@@ -59,8 +59,9 @@ def group_fingerprint(group: Group, config: PrepareConfig) -> str:
     """Hash of the group's input files (path, size, mtime) and the settings that shape its tiles."""
     files = []
     for role, scene in sorted(group.members.items(), key=lambda item: item[0].value):
-        stat = scene.path.stat()
-        files.append([role.value, str(scene.path.resolve()), stat.st_size, stat.st_mtime_ns])
+        file, key = split_mat_key(scene.path)
+        stat = file.stat()
+        files.append([role.value, str(file.resolve()), key, stat.st_size, stat.st_mtime_ns])
     settings = config.model_dump(
         mode="json", include={"grid", "coregistration", "tiling", "label_encoding", "georeferenced"}
     )
