@@ -1,0 +1,160 @@
+"""A torch Dataset over the tile index written by `prepare` (or a LEVIR-CD / open-cd folder).
+
+The split comes from the index, never from a shuffle here. Tiles are GeoTIFFs read with their
+valid masks: a pixel invalid in any image becomes label 255 (ignored), so nodata never counts as
+"no change".
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+from torch.utils.data import Dataset
+
+from pipeline.augment import AugmentSettings, optical_jitter, paired_geometry
+from pipeline.errors import InputError
+from pipeline.normalization import BandStats, Modality, fit_stats, normalize
+from pipeline.raster_io import open_raster, read_window
+from pipeline.tile_index import read_tiles
+
+IGNORE = 255
+FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")
+
+
+def load_index(root: Path) -> pd.DataFrame:
+    """Tiles (tile_id, split, path per role) from ``root/catalog.gpkg`` or a LEVIR-style folder.
+
+    LEVIR-CD / open-cd layout: ``root/{train,val,test}/{A,B,label}/{name}.png`` with 0/255 labels.
+    """
+    catalog = root / "catalog.gpkg"
+    if catalog.exists():
+        tiles = pd.DataFrame(read_tiles(catalog).drop(columns="geometry"))
+        rows = []
+        for tile in tiles.itertuples():
+            folder = root / "tiles" / tile.split
+            roles = {p.name: p / f"{tile.tile_id}.tif" for p in sorted(folder.iterdir()) if p.is_dir()}
+            rows.append({"tile_id": tile.tile_id, "split": tile.split, "label_format": "change01", **roles})
+        return pd.DataFrame(rows)
+    rows = []
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
+        role_dirs = {p.name: p for p in sorted(split_dir.iterdir()) if p.is_dir()}
+        reference = role_dirs.get("A")
+        if reference is None:
+            continue
+        for image in sorted(reference.iterdir()):
+            if image.suffix.lower() in FOLDER_SUFFIXES:
+                rows.append({
+                    "tile_id": image.stem, "split": split_dir.name, "label_format": "binary255",
+                    **{role: folder / image.name for role, folder in role_dirs.items()},
+                })
+    if not rows:
+        raise InputError(root, "no tile index: neither catalog.gpkg nor {train,val,test}/A/ folders")
+    return pd.DataFrame(rows)
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(path) as dataset:
+            return read_window(dataset)
+
+
+def check_index(index: pd.DataFrame, roles: Sequence[str], bands: dict[str, int] | None = None) -> dict[str, int]:
+    """Fail before training when tiles are missing or band counts differ; returns bands per role."""
+    found: dict[str, int] = dict(bands or {})
+    for role in (*roles, "label"):
+        if role not in index.columns:
+            raise InputError(Path(str(index.get("A", pd.Series(["index"])).iloc[0])).parent.parent, f"the tile index has no '{role}' images")
+        for path in index[role]:
+            path = Path(path)
+            if not path.exists():
+                raise InputError(path, "tile listed in the index is missing")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with open_raster(path) as dataset:
+                    count = dataset.count if role != "label" else 1
+            expected = found.setdefault(role, count)
+            if count != expected:
+                raise InputError(path, f"has {count} bands, other {role} tiles (or the checkpoint) have {expected}")
+    return found
+
+
+def fit_normalization(
+    index: pd.DataFrame, modalities: dict[str, Modality], *, max_tiles: int = 64, pixels: int = 8192, seed: int = 0
+) -> dict[str, BandStats]:
+    """Per-role statistics from valid pixels of (up to ``max_tiles``) training tiles."""
+    train = index[index.split == "train"]
+    if train.empty:
+        raise InputError(Path("tile index"), "has no training tiles")
+    rng = np.random.default_rng(seed)
+    chosen = train.iloc[np.sort(rng.permutation(len(train))[:max_tiles])]
+    stats = {}
+    for role, modality in modalities.items():
+        samples = []
+        for path in chosen[role]:
+            data, valid = _read(Path(path))
+            values = data[:, valid]
+            if values.shape[1]:
+                samples.append(values[:, rng.permutation(values.shape[1])[:pixels]])
+        if not samples:
+            raise InputError(Path(chosen[role].iloc[0]), f"no valid pixels in the training tiles of role {role}")
+        stats[role] = fit_stats(np.concatenate(samples, axis=1), modality)
+    return stats
+
+
+class TileDataset(Dataset):
+    """Samples {role: float32 (C, H, W), "label": int64 (H, W)} of one split."""
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        split: str,
+        stats: dict[str, BandStats],
+        *,
+        augment: AugmentSettings | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.rows = index[index.split == split].reset_index(drop=True)
+        self.stats = stats
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation draws depend on (seed, epoch, sample), so resumed runs see the same data."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        row = self.rows.iloc[item]
+        images, valid_all = {}, None
+        for role, stats in self.stats.items():
+            data, valid = _read(Path(row[role]))
+            images[role] = (data, valid)
+            valid_all = valid if valid_all is None else valid_all & valid
+        label_raw, label_valid = _read(Path(row["label"]))
+        label = label_raw[0].astype(np.int64)
+        if row["label_format"] == "binary255":
+            label = (label > 127).astype(np.int64)
+        label[~(label_valid & valid_all)] = IGNORE
+        rng = np.random.default_rng((self.seed, self.epoch, item))
+        arrays = {role: normalize(data, valid, self.stats[role]) for role, (data, valid) in images.items()}
+        arrays.update({f"{role}_valid": valid for role, (_, valid) in images.items()})
+        arrays["label"] = label
+        if self.augment is not None:
+            arrays = paired_geometry(arrays, self.augment, rng)
+            for role in images:
+                if self.stats[role].modality == "optical":
+                    arrays[role] = optical_jitter(arrays[role], arrays[f"{role}_valid"], self.augment, rng)
+        sample = {role: torch.from_numpy(np.ascontiguousarray(arrays[role])) for role in images}
+        sample["label"] = torch.from_numpy(np.ascontiguousarray(arrays["label"]))
+        return sample
