@@ -1,0 +1,50 @@
+"""Checkpoints: everything needed to resume training exactly or to run inference.
+
+Saved atomically (temporary name, then rename) and loaded with ``weights_only=True``: a checkpoint
+holds tensors, numbers, strings and containers only, so loading one runs no code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import InputError
+
+REQUIRED = ("model", "model_name", "model_options", "normalization", "epoch", "config")
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely; a missing, corrupt or foreign file is an InputError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise InputError(path, f"not a readable changeflow checkpoint ({type(exc).__name__}: {exc})") from None
+    missing = [key for key in REQUIRED if not isinstance(payload, dict) or key not in payload]
+    if missing:
+        raise InputError(path, f"not a changeflow checkpoint (missing {', '.join(missing)})")
+    return payload
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
