@@ -34,6 +34,8 @@ import datetime as dt
 import importlib.resources
 import math
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -297,9 +299,10 @@ def _sweep(b: _Building, ys: np.ndarray, xs: np.ndarray, vx: float, vy: float) -
 
 @dataclass
 class _Render:
-    reflectance: np.ndarray  # (4, h, w) float32
+    t1: np.ndarray  # (4, h, w) float32 reflectance at t1
+    t2: np.ndarray  # (4, h, w) float32 reflectance at t2
     change: np.ndarray  # (h, w) bool: footprints of new or demolished buildings
-    sar_boost: np.ndarray | None  # (h, w) float32 amplitude factor (t2 only)
+    sar_boost: np.ndarray  # (h, w) float32 SAR amplitude factor at t2 (double bounce, shadow)
 
 
 class _Ground:
@@ -391,8 +394,12 @@ class _Ground:
 
     # -- rendering ---------------------------------------------------------------------------------
 
-    def render(self, row0: int, col0: int, height: int, width: int, *, t2: bool) -> _Render:
-        """Reflectance (4 bands) of the window rows [row0, row0+height), cols [col0, col0+width)."""
+    def render(self, row0: int, col0: int, height: int, width: int) -> _Render:
+        """Both dates of the window rows [row0, row0+height), cols [col0, col0+width).
+
+        The texture, parcels and brightness are shared by the two dates; they differ by the
+        vegetation (season, harvested fields) and the buildings.
+        """
         f32 = np.float32
         rows = np.arange(row0, row0 + height, dtype=np.int64)
         cols = np.arange(col0, col0 + width, dtype=np.int64)
@@ -400,91 +407,95 @@ class _Ground:
         noise = self._fine_noise(rows, cols)
         inverse, parcel = self._parcels(rows, cols)
 
-        # land-cover fractions: vegetation, impervious, soil
-        veg = parcel["veg"][inverse]
-        veg += f32(0.35) * (cc0[1] - cc0[0])
-        veg += f32(0.05) * noise[1]
-        if t2:
-            veg *= f32(1.08)
-            np.copyto(veg, f32(0.08), where=parcel["harvest"][inverse])  # harvested fields
-        np.clip(veg, 0, 1, out=veg)
-        urban = np.minimum(parcel["urban"][inverse], 1 - veg)
         # brightness: CC0 lightness, parcel, low-frequency waves, fine noise
-        ry = (2 * np.pi * rows / self.wavelength[0] + self.wave[0])
-        cx = (2 * np.pi * cols / self.wavelength[1] + self.wave[1])
+        ry = 2 * np.pi * rows / self.wavelength[0] + self.wave[0]
+        cx = 2 * np.pi * cols / self.wavelength[1] + self.wave[1]
         dy, dx = 2 * np.pi * rows / 2900.0 + self.wave[2], 2 * np.pi * cols / 2900.0
-        wave = (f32(1) + (0.08 * np.sin(ry)).astype(f32)[:, None] * np.cos(cx).astype(f32)[None, :]
-                + (0.05 * np.sin(dy)).astype(f32)[:, None] * np.cos(dx).astype(f32)[None, :]
-                + (0.05 * np.cos(dy)).astype(f32)[:, None] * np.sin(dx).astype(f32)[None, :])
         bright = cc0.mean(axis=0)
         bright *= f32(0.9)
         bright += f32(0.55)
         bright *= parcel["bright"][inverse]
-        bright *= wave
-        del wave
+        bright *= (f32(1) + (0.08 * np.sin(ry)).astype(f32)[:, None] * np.cos(cx).astype(f32)[None, :]
+                   + (0.05 * np.sin(dy)).astype(f32)[:, None] * np.cos(dx).astype(f32)[None, :]
+                   + (0.05 * np.cos(dy)).astype(f32)[:, None] * np.sin(dx).astype(f32)[None, :])
         bright *= f32(1) + f32(0.10) * noise[0]
         road = parcel["road_v"][inverse]
         road |= parcel["road_h"][:, None]
         road_texture = f32(1) + f32(0.05) * noise[0]
+        colour = [f32(0.8) + f32(0.4) * cc0[2 - b] for b in range(3)]  # some CC0 colour
+        # vegetation fraction at t1; at t2 (June vs May) greener, some fields harvested
+        veg1 = parcel["veg"][inverse]
+        veg1 += f32(0.35) * (cc0[1] - cc0[0])
+        veg1 += f32(0.05) * noise[1]
+        del cc0
+        veg2 = veg1 * f32(1.08)
+        np.copyto(veg2, f32(0.08), where=parcel["harvest"][inverse])
+        urban = parcel["urban"][inverse]
 
-        reflectance = np.empty((4, height, width), f32)
-        for b in range(4):
-            band = reflectance[b]
-            # veg * V + urban * U + (1 - veg - urban) * S
-            np.multiply(veg, _VEG[b] - _SOIL[b], out=band)
-            band += urban * (_URBAN[b] - _SOIL[b])
-            band += _SOIL[b]
-            if b < 3:  # a little of the CC0 colour in the visible bands
-                band *= f32(0.8) + f32(0.4) * cc0[2 - b]
-            band *= bright
-            np.copyto(band, _ROAD[b] * road_texture, where=road)
-        if t2:
-            reflectance[3] *= f32(1.03)  # June vs May
-        del veg, urban, bright, road, road_texture, cc0
+        dates = []
+        for veg, t2 in ((veg1, False), (veg2, True)):
+            np.clip(veg, 0, 1, out=veg)
+            urb = np.minimum(urban, 1 - veg)
+            reflectance = np.empty((4, height, width), f32)
+            for b in range(4):
+                band = reflectance[b]
+                # veg * V + urb * U + (1 - veg - urb) * S
+                np.multiply(veg, _VEG[b] - _SOIL[b], out=band)
+                band += urb * (_URBAN[b] - _SOIL[b])
+                band += _SOIL[b]
+                if b < 3:
+                    band *= colour[b]
+                band *= bright
+                np.copyto(band, _ROAD[b] * road_texture, where=road)
+            if t2:
+                reflectance[3] *= f32(1.03)  # NIR a little higher in June than in May
+            dates.append(reflectance)
+            del urb
+        del veg1, veg2, urban, bright, road, road_texture, colour
 
+        t1, t2 = dates
         change = np.zeros((height, width), bool)
-        boost = np.ones((height, width), f32) if t2 else None
+        boost = np.ones((height, width), f32)
         ci0, ci1 = math.floor(col0 / CELL), math.floor((col0 + width - 1) / CELL)
         cj0, cj1 = math.floor(row0 / CELL), math.floor((row0 + height - 1) / CELL)
         for ci in range(ci0, ci1 + 1):
             for cj in range(cj0, cj1 + 1):
                 for b in self.buildings(ci, cj):
-                    self._draw(b, rows, cols, reflectance, change, boost, noise[1], t2=t2)
-        return _Render(reflectance, change, boost)
+                    _draw(b, rows, cols, t1, t2, change, boost, noise[1])
+        return _Render(t1, t2, change, boost)
 
-    def _draw(self, b: _Building, rows, cols, reflectance, change, boost, noise, *, t2: bool) -> None:
-        reach = math.hypot(b.half_w, b.half_h) + max(abs(b.shadow[0]), abs(b.shadow[1]), b.radar_shadow) + 3
-        r0 = np.searchsorted(rows, b.cy - reach)
-        r1 = np.searchsorted(rows, b.cy + reach)
-        c0 = np.searchsorted(cols, b.cx - reach)
-        c1 = np.searchsorted(cols, b.cx + reach)
-        if r0 >= r1 or c0 >= c1:
-            return
-        ys = rows[r0:r1].astype(np.float64)
-        xs = cols[c0:c1].astype(np.float64)
-        window = (slice(r0, r1), slice(c0, c1))
-        cover = _coverage(b, ys, xs).astype(np.float32)
-        if b.kind in ("new", "gone"):
-            change[window] |= cover >= 0.5
-        present = b.kind == "keep" or (b.kind == "new") == t2
-        local_noise = noise[window]
+
+def _draw(b: _Building, rows, cols, t1, t2, change, boost, noise) -> None:
+    """Draw a building (roof, optical shadow; SAR double bounce and shadow at t2) on both dates."""
+    reach = math.hypot(b.half_w, b.half_h) + max(abs(b.shadow[0]), abs(b.shadow[1]), b.radar_shadow) + 3
+    r0, r1 = np.searchsorted(rows, [b.cy - reach, b.cy + reach])
+    c0, c1 = np.searchsorted(cols, [b.cx - reach, b.cx + reach])
+    if r0 >= r1 or c0 >= c1:
+        return
+    ys = rows[r0:r1].astype(np.float64)
+    xs = cols[c0:c1].astype(np.float64)
+    window = (slice(None), slice(r0, r1), slice(c0, c1))
+    cover = _coverage(b, ys, xs).astype(np.float32)
+    local_noise = noise[window[1:]]
+    if b.kind in ("new", "gone"):
+        change[window[1:]] |= cover >= 0.5
+    shadow = np.clip(_sweep(b, ys, xs, *b.shadow) - cover, 0, 1)
+    roof = _ROOFS[b.roof][:, None, None] * (1 + 0.04 * local_noise)[None]
+    for image, present in ((t1, b.kind != "new"), (t2, b.kind != "gone")):
+        area = image[window]
         if present:
-            shadow = np.clip(_sweep(b, ys, xs, *b.shadow) - cover, 0, 1)
-            roof = _ROOFS[b.roof][:, None, None] * (1 + 0.04 * local_noise)[None]
-            area = reflectance[:, window[0], window[1]]
             area *= 1 - 0.65 * shadow[None]
             area[...] = area * (1 - cover[None]) + roof * cover[None]
-            if boost is not None:
-                # double bounce along the sensor-facing (west) wall, centred on the footprint edge;
-                # radar shadow behind the building (east)
-                wall = np.clip(_coverage(b, ys, xs, dx=-1.0) - _coverage(b, ys, xs, dx=1.0), 0, 1)
-                radar_shadow = np.clip(_sweep(b, ys, xs, b.radar_shadow, 0.0) - cover, 0, 1)
-                factor = (1 + 4.0 * wall) * (1 + 0.6 * cover) * (1 - 0.5 * radar_shadow)
-                boost[window] *= factor.astype(np.float32)
-        elif t2 and b.kind == "gone":
+        elif image is t2:  # demolished: rubble
             rubble = _RUBBLE[:, None, None] * (1 + 0.15 * local_noise)[None]
-            area = reflectance[:, window[0], window[1]]
             area[...] = area * (1 - cover[None]) + rubble * cover[None]
+    if b.kind != "gone":
+        # SAR at t2: double bounce along the sensor-facing (west) wall, centred on the footprint
+        # edge; radar shadow behind the building (east)
+        wall = np.clip(_coverage(b, ys, xs, dx=-1.0) - _coverage(b, ys, xs, dx=1.0), 0, 1)
+        radar_shadow = np.clip(_sweep(b, ys, xs, b.radar_shadow, 0.0) - cover, 0, 1)
+        factor = (1 + 4.0 * wall) * (1 + 0.6 * cover) * (1 - 0.5 * radar_shadow)
+        boost[window[1:]] *= factor.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -527,15 +538,23 @@ class _Collar:
 # Radiometry
 
 
+def _sensor_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean float32 noise of standard deviation ``sigma``: the sum of two uniform bytes
+    (triangular, close enough to Gaussian for sensor noise and ~5x cheaper to draw)."""
+    count = int(np.prod(shape))
+    pair = np.frombuffer(rng.bytes(2 * count), np.uint8).reshape(2, *shape)
+    noise = np.add(pair[0], pair[1], dtype=np.int16)
+    noise -= 255
+    return noise.astype(np.float32) * np.float32(sigma / math.sqrt(2 * (256**2 - 1) / 12))
+
+
 def _to_dn(reflectance: np.ndarray, valid: np.ndarray, rng: np.random.Generator, *,
            gain: np.ndarray, offset: np.ndarray, noise: float) -> np.ndarray:
     """uint16 DN = offset + gain * reflectance + Gaussian noise, >= 1 on valid pixels, 0 elsewhere."""
     dn = np.empty(reflectance.shape, np.uint16)
-    band = np.empty(reflectance.shape[1:], np.float32)
     invalid = ~valid
     for b in range(reflectance.shape[0]):
-        rng.standard_normal(out=band, dtype=np.float32)
-        band *= np.float32(noise)
+        band = _sensor_noise(rng, reflectance.shape[1:], noise)
         band += np.float32(gain[b]) * reflectance[b]
         band += np.float32(offset[b])
         np.rint(band, out=band)
@@ -567,7 +586,7 @@ def _sigma0_db(amplitude: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _profile(role: str, *, width: int, height: int, crs: CRS, transform: Affine, tile: int,
-             compress: str | None = "deflate", zlevel: int = 6) -> dict:
+             compress: str | None = "deflate", zlevel: int = 1) -> dict:
     dtype, count, nodata, predictor = {
         "A": ("uint16", 4, 0, 2),
         "C": ("uint16", 4, 0, 2),
@@ -685,13 +704,16 @@ def write_synthetic_group(
     x0, y0 = ORIGIN
     transform_a = Affine(A_RES, 0, x0, 0, -A_RES, y0)
     extent = size * A_RES
-    rng = np.random.default_rng([seed, 2])
+    def rng(role: str, purpose: int) -> np.random.Generator:
+        """An independent random stream per (role, purpose): collar 0, noise 1."""
+        return np.random.default_rng([seed, 2, "ABC".index(role), purpose])
+
     ground = _Ground(seed)
 
     # Grids of C (UTM, 6 m, origin off A's pixel edges) and B (lon/lat, ~8 m)
     margin = 2 * C_RES
-    cx0 = math.floor((x0 - margin) / C_RES) * C_RES + 0.5 * C_RES + 0.25 * A_RES
-    cy0 = math.ceil((y0 + margin) / C_RES) * C_RES - 0.5 * C_RES - 0.5 * A_RES
+    cx0 = math.floor((x0 - margin) / C_RES) * C_RES + 1.0  # 2.75 A px west of A's origin
+    cy0 = math.ceil((y0 + margin) / C_RES) * C_RES - 2.0  # 2.5 A px north of it
     c_width = math.ceil((x0 + extent + margin - cx0) / C_RES)
     c_height = math.ceil((cy0 - (y0 - extent - margin)) / C_RES)
     transform_c = Affine(C_RES, 0, cx0, 0, -C_RES, cy0)
@@ -738,37 +760,36 @@ def write_synthetic_group(
     change = np.empty((full, full), bool)
     for s in range(0, full, 512):
         h = min(512, full - s)
-        r1 = ground.render(s - pad, -pad, h, full, t2=False)
-        r2 = ground.render(s - pad, -pad, h, full, t2=True)
-        t1[:, s : s + h], t2[:, s : s + h] = r1.reflectance, r2.reflectance
-        boost[s : s + h], change[s : s + h] = r2.sar_boost, r1.change
+        scene = ground.render(s - pad, -pad, h, full)
+        t1[:, s : s + h], t2[:, s : s + h] = scene.t1, scene.t2
+        boost[s : s + h], change[s : s + h] = scene.sar_boost, scene.change
     inner = (slice(pad, pad + size), slice(pad, pad + size))
 
     # A: the t1 scene on its own grid
-    collar_a = _Collar(size, size, collar, rng)
+    collar_a = _Collar(size, size, collar, rng("A", 0))
     valid_a = collar_a.valid(0, 0, size, size)
-    a_dn = _gf2_dn(t1[:, inner[0], inner[1]], valid_a, rng)
+    a_dn = _gf2_dn(t1[:, inner[0], inner[1]], valid_a, rng("A", 1))
     del t1
 
     # C: t2, anti-aliased for the coarser pixel, sampled at the shifted positions
-    collar_c = _Collar(c_height, c_width, collar * A_RES / C_RES, rng)
+    collar_c = _Collar(c_height, c_width, collar * A_RES / C_RES, rng("C", 0))
     valid_c = collar_c.valid(0, 0, c_height, c_width)
     c_refl = np.empty((4, c_height, c_width), np.float32)
     for b in range(4):
         band = ndimage.gaussian_filter(t2[b], 0.35 * C_RES / A_RES)
         c_refl[b] = _sample(band, c_rows + pad, c_cols + pad)
-    c_dn = _s2_dn(c_refl, valid_c, rng)
+    c_dn = _s2_dn(c_refl, valid_c, rng("C", 1))
     del c_refl
 
     # B: SAR simulated from the t2 scene sampled on the lon/lat grid, with double bounce
-    collar_b = _Collar(b_height, b_width, collar * A_RES / B_RES_M, rng)
+    collar_b = _Collar(b_height, b_width, collar * A_RES / B_RES_M, rng("B", 0))
     valid_b = collar_b.valid(0, 0, b_height, b_width)
     optical = ndimage.gaussian_filter(t2.mean(axis=0), 0.35 * B_RES_M / A_RES)
     del t2
     b_optical = _sample(optical, b_rows + pad, b_cols + pad)
     b_boost = _sample(boost, b_rows + pad, b_cols + pad)
     del optical, boost, b_rows, b_cols
-    amplitude = simulate_sar_amplitude(b_optical, looks=4, rng=rng) * b_boost
+    amplitude = simulate_sar_amplitude(b_optical, looks=4, rng=rng("B", 1)) * b_boost
     b_db = _sigma0_db(amplitude, valid_b)
     del amplitude, b_optical, b_boost
 
@@ -826,14 +847,60 @@ def write_synthetic_group(
 def _translate(image: np.ndarray, halo: int, dx: float, dy: float, height: int, width: int) -> np.ndarray:
     """out[q] = image(q + halo - (dy, dx)) bilinearly: content moved by +(dx, dy), halo cropped."""
     ny, nx = math.floor(dy), math.floor(dx)
-    fy, fx = dy - ny, dx - nx
+    fy, fx = np.float32(dy - ny), np.float32(dx - nx)
     r, c = halo - ny, halo - nx
 
     def part(rr: int, cc: int) -> np.ndarray:
         return image[..., rr : rr + height, cc : cc + width]
 
-    return ((1 - fy) * ((1 - fx) * part(r, c) + fx * part(r, c - 1))
-            + fy * ((1 - fx) * part(r - 1, c) + fx * part(r - 1, c - 1))).astype(np.float32)
+    out = part(r, c) * ((1 - fy) * (1 - fx))
+    out += part(r, c - 1) * ((1 - fy) * fx)
+    out += part(r - 1, c) * (fy * (1 - fx))
+    out += part(r - 1, c - 1) * (fy * fx)
+    return out
+
+
+@dataclass(frozen=True)
+class _LargeContext:
+    ground: _Ground
+    collars: dict[str, _Collar]
+    seed: int
+    shift_b: tuple[float, float]
+    shift_c: tuple[float, float]
+    halo: int
+    value_range: tuple[float, float]
+    gradient_scale: float
+
+
+_SAR_HALO = 8  # rows/cols of context for the SAR simulation filters
+
+
+def _large_window(ctx: _LargeContext, row0: int, col0: int, h: int, w: int) -> dict[str, np.ndarray]:
+    """All four images of one window of a large group, as arrays ready to write."""
+    rng = np.random.default_rng([ctx.seed, 5, row0, col0])
+    halo = ctx.halo
+    valid = {role: c.valid(row0, col0, h, w) for role, c in ctx.collars.items()}
+    scene = ctx.ground.render(row0 - halo, col0 - halo, h + 2 * halo, w + 2 * halo)
+    out = {"A": _gf2_dn(scene.t1[:, halo : halo + h, halo : halo + w], valid["A"], rng)}
+    change = scene.change[halo : halo + h, halo : halo + w]
+    del scene.t1
+    out["C"] = _s2_dn(_translate(scene.t2, halo, *ctx.shift_c, h, w), valid["C"], rng)
+    # B: translate onto the window plus the SAR halo, simulate, crop the halo
+    inner = halo - _SAR_HALO
+    grid_h, grid_w = h + 2 * _SAR_HALO, w + 2 * _SAR_HALO
+    optical = _translate(scene.t2.mean(axis=0), inner, *ctx.shift_b, grid_h, grid_w)
+    boost = _translate(scene.sar_boost, inner, *ctx.shift_b, grid_h, grid_w)
+    del scene
+    amplitude = simulate_sar_amplitude(
+        optical, looks=4, rng=rng, value_range=ctx.value_range, gradient_scale=ctx.gradient_scale
+    )
+    amplitude *= boost
+    del optical, boost
+    amplitude = amplitude[_SAR_HALO : _SAR_HALO + h, _SAR_HALO : _SAR_HALO + w]
+    out["B"] = _sigma0_db(amplitude, valid["B"])[None]
+    common = valid["A"] & valid["B"] & valid["C"]
+    out["label"] = np.where(common, change, 255).astype(np.uint8)[None]
+    return out
 
 
 def write_large_group(
@@ -847,22 +914,31 @@ def write_large_group(
     shift_c: tuple[float, float] = (0.35, -0.45),
     collar: int = 64,
     compress: str | None = "deflate",
+    workers: int | None = None,
 ) -> SyntheticGroup:
     """Write a big scene group block by block (for benchmarks); memory stays bounded.
 
     All four files are ``size`` x ``size`` px on the SAME grid (EPSG:32650, 4 m, A's origin):
     ``A`` GF-2-like uint16 x 4 bands (nodata 0), ``C`` Sentinel-2-like uint16 x 4 bands (nodata 0,
-    content shifted by ``shift_c``), ``B`` SAR sigma0 dB float32 (nodata NaN, content shifted by
-    ``shift_b``) and ``label`` uint8 (0/1/255, nodata 255). Each image has its own ragged collar.
-    The ground is the same procedural ground as :func:`write_synthetic_group`, rendered per
-    ``block`` x ``block`` window (with a halo for the shifts and the SAR filters) and written with
-    windowed writes, so the peak memory is a few hundred MB at block 2048 whatever ``size``.
+    content shifted by ``shift_c`` A-px), ``B`` GF-3-like SAR sigma0 dB float32 (nodata NaN,
+    content shifted by ``shift_b``) and ``label`` uint8 (0/1/255, nodata 255). Each image has its
+    own ragged collar of about ``collar`` px; the label is 255 outside the area valid in all three.
 
-    Files are tiled (512 px when ``block`` is a multiple of 512, else 256) and compressed with
-    DEFLATE level 1 + predictor by default: level 1 costs little CPU over no compression (the
-    synthetic noise keeps the ratio modest at any level) and roughly halves the disk use (raw
-    20000² x 4 bands uint16 is 3.2 GB per optical image). ``compress=None`` writes uncompressed
-    files. Files larger than 4 GB become BigTIFF.
+    The ground is the procedural ground of :func:`write_synthetic_group` (CC0 texture mirrored
+    over the whole scene, parcels, roads, buildings and their changes), rendered window by window
+    with a halo for the shifts and the SAR filters; nothing is ever held for the whole scene.
+    Windows are ``block`` x ``block`` blocks cut into strips of at most 512 rows; each strip is
+    computed (by ``workers`` threads, default min(2, CPUs)) and written at once with a windowed
+    write. The peak memory is about 100 MB per worker plus GDAL's cache (capped at 64 MB here),
+    whatever ``size``. The same arguments give the same pixels (and, with one worker... any
+    number of workers, the same files).
+
+    Files are tiled (512 px when ``block`` is a multiple of 512, else 256; keep ``block`` a
+    multiple of the tile size so that no tile is written twice) and compressed with DEFLATE level
+    1 + predictor by default: level 1 is the cheapest DEFLATE (the noise in synthetic imagery
+    leaves little to gain at higher levels) and still roughly halves the disk use (raw 20000² x 4
+    bands uint16 is 3.2 GB per optical image, 8.4 GB for the group). ``compress=None`` writes
+    uncompressed files. Files over 4 GB become BigTIFF.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -870,62 +946,65 @@ def write_large_group(
     crs = CRS.from_epsg(UTM_EPSG)
     transform = Affine(A_RES, 0, ORIGIN[0], 0, -A_RES, ORIGIN[1])
     ground = _Ground(seed)
-    rng = np.random.default_rng([seed, 3])
-    collars = {role: _Collar(size, size, collar, rng) for role in ("A", "C", "B")}
-    sar_halo = 8
-    halo = sar_halo + int(math.ceil(max(map(abs, (*shift_b, *shift_c))))) + 2
     tile = 512 if block % 512 == 0 else 256
+    strip = min(block, 512)
+    workers = workers or min(2, os.cpu_count() or 1)
 
-    # One brightness range for the SAR simulation of every block (blocks must agree)
+    # One brightness range for the SAR simulation of every window (windows must agree)
     centre = max(0, size // 2 - 256)
-    sample = ground.render(centre, centre, 512, 512, t2=True).reflectance.mean(axis=0)
-    value_range = tuple(float(v) for v in np.percentile(sample, (1, 99)))
-    smooth = ndimage.gaussian_filter(np.clip((sample - value_range[0]) / (value_range[1] - value_range[0]), 0, 1), 1.5)
+    sample = ground.render(centre, centre, 512, 512).t2.mean(axis=0)
+    lo, hi = (float(v) for v in np.percentile(sample, (1, 99)))
+    smooth = ndimage.gaussian_filter(np.clip((sample - lo) / (hi - lo), 0, 1), 1.5)
     gradient_scale = float(np.percentile(np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1)), 99))
+    ctx = _LargeContext(
+        ground=ground,
+        collars={role: _Collar(size, size, collar, np.random.default_rng([seed, 3, k]))
+                 for k, role in enumerate(("A", "C", "B"))},
+        seed=seed,
+        shift_b=tuple(map(float, shift_b)),
+        shift_c=tuple(map(float, shift_c)),
+        halo=_SAR_HALO + int(math.ceil(max(map(abs, (*shift_b, *shift_c))))) + 2,
+        value_range=(lo, hi),
+        gradient_scale=gradient_scale,
+    )
+    windows = [
+        Window(col0, s, min(block, size - col0), min(strip, row0 + block - s, size - s))
+        for row0 in range(0, size, block)
+        for col0 in range(0, size, block)
+        for s in range(row0, min(row0 + block, size), strip)
+    ]
 
     tmp = {role: _tmp_path(path) for role, path in paths.items()}
     datasets = {}
-    try:
-        for role in ("A", "C", "B", "label"):
-            profile = _profile(role, width=size, height=size, crs=crs, transform=transform,
-                               tile=tile, compress=compress, zlevel=1)
-            profile.update(BIGTIFF="IF_SAFER")
-            datasets[role] = rasterio.open(tmp[role], "w", **profile)
-        changed = labelled = 0
-        for row0 in range(0, size, block):
-            for col0 in range(0, size, block):
-                h, w = min(block, size - row0), min(block, size - col0)
-                window = Window(col0, row0, w, h)
-                brng = np.random.default_rng([seed, 5, row0, col0])
-                valid = {role: c.valid(row0, col0, h, w) for role, c in collars.items()}
-                r1 = ground.render(row0, col0, h, w, t2=False)
-                datasets["A"].write(_gf2_dn(r1.reflectance, valid["A"], brng), window=window)
-                r2 = ground.render(row0 - halo, col0 - halo, h + 2 * halo, w + 2 * halo, t2=True)
-                c_refl = _translate(r2.reflectance, halo, shift_c[0], shift_c[1], h, w)
-                datasets["C"].write(_s2_dn(c_refl, valid["C"], brng), window=window)
-                del c_refl
-                inner = halo - sar_halo
-                # B: translate on the (h + 2 sar_halo) grid, simulate, crop the SAR halo
-                grid_h, grid_w = h + 2 * sar_halo, w + 2 * sar_halo
-                optical = _translate(r2.reflectance.mean(axis=0), inner, shift_b[0], shift_b[1], grid_h, grid_w)
-                boost = _translate(r2.sar_boost, inner, shift_b[0], shift_b[1], grid_h, grid_w)
-                del r2
-                amplitude = simulate_sar_amplitude(
-                    optical, looks=4, rng=brng, value_range=value_range, gradient_scale=gradient_scale
-                ) * boost
-                amplitude = amplitude[sar_halo : sar_halo + h, sar_halo : sar_halo + w]
-                datasets["B"].write(_sigma0_db(amplitude, valid["B"])[None], window=window)
-                del optical, boost, amplitude
-                common = valid["A"] & valid["B"] & valid["C"]
-                label = np.where(common, r1.change.astype(np.uint8), 255).astype(np.uint8)
-                datasets["label"].write(label[None], window=window)
-                changed += int((label == 1).sum())
-                labelled += int(common.sum())
-        for role, dst in datasets.items():
-            _describe(dst, role, name)
-    finally:
-        for dst in datasets.values():
-            dst.close()
+    changed = labelled = 0
+    with rasterio.Env(GDAL_CACHEMAX=64), ThreadPoolExecutor(workers) as pool:
+        try:
+            for role in ("A", "C", "B", "label"):
+                profile = _profile(role, width=size, height=size, crs=crs, transform=transform,
+                                   tile=tile, compress=compress, zlevel=1)
+                profile.update(BIGTIFF="IF_SAFER")
+                datasets[role] = rasterio.open(tmp[role], "w", **profile)
+            pending: deque = deque()
+            for k in range(len(windows) + workers):
+                if k < len(windows):
+                    win = windows[k]
+                    pending.append((win, pool.submit(_large_window, ctx, win.row_off, win.col_off,
+                                                     win.height, win.width)))
+                if len(pending) > workers or (k >= len(windows) and pending):
+                    win, future = pending.popleft()
+                    arrays = future.result()
+                    for role, array in arrays.items():
+                        datasets[role].write(array, window=win)
+                    label = arrays["label"]
+                    changed += int(np.count_nonzero(label == 1))
+                    labelled += int(np.count_nonzero(label != 255))
+            for role, dst in datasets.items():
+                _describe(dst, role, name)
+        finally:
+            for future in (f for _, f in pending):
+                future.cancel()
+            for dst in datasets.values():
+                dst.close()
     for role in paths:
         os.replace(tmp[role], paths[role])
 
@@ -933,7 +1012,6 @@ def write_large_group(
         root=root,
         paths=paths,
         scene_list=_write_scene_list(root, name, paths),
-        true_shift_px={"A": (0.0, 0.0), "B": tuple(map(float, shift_b)),
-                       "C": tuple(map(float, shift_c)), "label": (0.0, 0.0)},
+        true_shift_px={"A": (0.0, 0.0), "B": ctx.shift_b, "C": ctx.shift_c, "label": (0.0, 0.0)},
         change_fraction=changed / max(labelled, 1),
     )
