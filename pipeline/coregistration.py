@@ -49,8 +49,17 @@ MIN_TIEPOINTS_PER_AXIS = 3
 TAPER_ALPHA = 0.5
 """Tukey taper of each matching window: suppresses the edge discontinuity of the periodic FFT."""
 
+MASK_RAMP_PX = 16
+"""Raised-cosine fade (px) of the data next to invalid pixels; see :func:`_tapered`."""
+
+WHITENING_FLOOR = 1e-6
+"""Whitening divides by max(|R|, this × max |R|): bins below float32 noise are not amplified."""
+
 SPECTRAL_SIGMA = 0.1
 """Gaussian weight (cycles/px) on the whitened cross-power spectrum; see :func:`phase_shift`."""
+
+DESCRIPTOR_SIGMA = 3.0
+"""Spatial Gaussian (px) of the CFOG channels: wide enough to average SAR speckle."""
 
 RANSAC_SEED = 0
 RANSAC_TRIALS = 1000
@@ -98,7 +107,7 @@ class CoregistrationResult:
 
 
 def structure_descriptor(
-    image: np.ndarray, *, orientations: int = 9, sigma: float = 3.0
+    image: np.ndarray, *, orientations: int = 9, sigma: float = DESCRIPTOR_SIGMA
 ) -> np.ndarray:
     """CFOG descriptor (Ye et al., TGRS 2019): dense channel features of oriented gradients.
 
@@ -125,7 +134,7 @@ def structure_descriptor(
     return (channels / (norm + floor)).astype(np.float32)
 
 
-def log_amplitude(intensity: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _log_amplitude(intensity: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Logarithm of a non-negative image, so that multiplicative SAR speckle becomes additive.
 
     The offset (1 % of the valid mean) keeps zeros finite and makes the transform independent of
@@ -151,7 +160,12 @@ def _as_channels(image: np.ndarray) -> np.ndarray:
 
 
 def _tapered(channels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    """Remove each channel's valid mean, zero invalid pixels (= fill with the mean), apply a taper."""
+    """Remove each channel's valid mean and taper the window edges and the edges of invalid areas.
+
+    Invalid pixels become 0 (the mean) and the data fades in over ``MASK_RAMP_PX`` around them
+    with a raised cosine, as it does at the window edges (Tukey): a sharp mask edge has a broad
+    spectrum, which whitening would turn into a correlation peak at the mask's own (zero) shift.
+    """
     height, width = channels.shape[1:]
     taper = np.outer(tukey(height, TAPER_ALPHA), tukey(width, TAPER_ALPHA)).astype(np.float32)
     if valid is None or valid.all():
@@ -159,12 +173,14 @@ def _tapered(channels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     count = int(valid.sum())
     if count == 0:
         return np.zeros_like(channels)
-    weight = valid.astype(np.float32)
-    means = (channels * weight).sum(axis=(1, 2), keepdims=True) / count
-    return (channels - means) * (weight * taper)
+    data = np.where(valid, channels, 0.0)  # invalid pixels may hold NaN
+    means = data.sum(axis=(1, 2), keepdims=True) / count
+    ramp = np.clip(ndimage.distance_transform_edt(valid) / MASK_RAMP_PX, 0.0, 1.0)
+    fade = (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
+    return np.where(valid, data - means, 0.0).astype(np.float32) * (taper * fade)
 
 
-def correlation_reliability(surface: np.ndarray) -> float:
+def _reliability(surface: np.ndarray) -> float:
     """AROSICS reliability (%) of a correlation surface with its peak at the maximum.
 
     100 − 100·(mean + 2σ of the surface outside the 3×3 peak neighbourhood) ÷ (mean of the 3×3 peak),
@@ -216,8 +232,11 @@ def phase_shift(
     spectrum_ref = fft.fft2(_tapered(ref, reference_valid), workers=-1)
     spectrum_mov = fft.fft2(_tapered(mov, moving_valid), workers=-1)
     cross_power = (spectrum_ref * spectrum_mov.conj()).sum(axis=0)
-    cross_power /= np.maximum(np.abs(cross_power), 1e-12 * np.abs(cross_power).max() + 1e-300)
-    reliability = correlation_reliability(fft.ifft2(cross_power, workers=-1))
+    magnitude = np.abs(cross_power)
+    if not magnitude.max() > 0:
+        return 0.0, 0.0, 0.0  # nothing valid to correlate
+    cross_power /= np.maximum(magnitude, WHITENING_FLOOR * magnitude.max())
+    reliability = _reliability(fft.ifft2(cross_power, workers=-1))
     cross_power *= _spectral_weight(cross_power.shape)
     # skimage forms reference·conj(moving); with the ones array that product is R itself. Its
     # result is the shift that registers moving onto reference, i.e. minus the feature displacement.
@@ -244,21 +263,29 @@ class _Source:
 
 def _matching_image(
     source: _Source, window: Window, *, structure: bool, orientations: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(channels, valid) of a window: band-mean intensity, or its CFOG descriptor.
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(channels, usable mask, valid fraction) of a window: band-mean intensity or its CFOG descriptor.
 
-    For the structure path the intensity goes through :func:`log_amplitude` first. The API does not
+    For the structure path the intensity goes through :func:`_log_amplitude` first. The API does not
     say which side is SAR, so both sides get it: for SAR it turns speckle additive, and for optical
-    imagery it only makes gradients relative to local brightness, which CFOG tolerates.
+    imagery it only makes gradients relative to local brightness, which CFOG tolerates. Invalid
+    pixels are filled with the valid mean before the descriptor is computed, and the usable mask is
+    the valid mask eroded by the descriptor's reach: the step between data and fill would otherwise
+    become an edge shared by both images (same grid, same footprint) and pull the shift to zero.
     """
     data, valid = read_window(source.dataset, window, black_value=source.black)
+    fraction = float(valid.mean())
     intensity = data.astype(np.float64).mean(axis=0)
     if not structure:
-        return intensity, valid
-    filled = np.where(valid, log_amplitude(intensity, valid), 0.0)
+        return intensity, valid, fraction
+    filled = np.where(valid, _log_amplitude(intensity, valid), 0.0)
     if valid.any():
         filled[~valid] = filled[valid].mean()
-    return structure_descriptor(filled, orientations=orientations), valid
+    descriptor = structure_descriptor(filled, orientations=orientations)
+    if not valid.all():
+        reach = 2 * math.ceil(3 * DESCRIPTOR_SIGMA) + 5  # Gaussians (3σ) and Sobel, both sides
+        valid = ndimage.minimum_filter(valid, size=reach)
+    return descriptor, valid, fraction
 
 
 def _match(
@@ -269,24 +296,28 @@ def _match(
     *,
     structure: bool,
     config: CoregistrationConfig,
-) -> tuple[float, float, float, float]:
+    min_valid_fraction: float = 0.0,
+) -> tuple[float, float, float] | None:
     """Phase correlation of a reference window against the moving window displaced by ``offset``.
 
-    Returns (dx, dy, reliability, valid fraction) with the offset included in (dx, dy); the valid
-    fraction is the smaller of the two windows'.
+    Returns (dx, dy, reliability) with the offset included in (dx, dy), or None when either window
+    has no valid pixel or less than ``min_valid_fraction`` of them.
     """
     moved = Window(window.col_off + offset[0], window.row_off + offset[1], window.width, window.height)
-    ref, ref_valid = _matching_image(reference, window, structure=structure, orientations=config.orientations)
-    mov, mov_valid = _matching_image(moving, moved, structure=structure, orientations=config.orientations)
-    fraction = min(float(ref_valid.mean()), float(mov_valid.mean()))
+    options = {"structure": structure, "orientations": config.orientations}
+    ref, ref_usable, ref_fraction = _matching_image(reference, window, **options)
+    mov, mov_usable, mov_fraction = _matching_image(moving, moved, **options)
+    fraction = min(ref_fraction, mov_fraction)
+    if fraction == 0 or fraction < min_valid_fraction:
+        return None
     dx, dy, reliability = phase_shift(
         ref,
         mov,
         upsample_factor=config.upsample_factor,
-        reference_valid=ref_valid,
-        moving_valid=mov_valid,
+        reference_valid=ref_usable,
+        moving_valid=mov_usable,
     )
-    return dx + offset[0], dy + offset[1], reliability, fraction
+    return dx + offset[0], dy + offset[1], reliability
 
 
 # --- global shift ------------------------------------------------------------------------------
@@ -309,19 +340,22 @@ def _global_shift(
 
     The second measurement pre-shifts the moving window by the rounded first estimate, so the
     residual is below a pixel, the overlap of the two windows is maximal and the taper does not
-    bias the sub-pixel estimate. A first estimate beyond ``max_shift_px`` is reported with
-    reliability 0.
+    bias the sub-pixel estimate. A first estimate beyond ``max_shift_px``, or a central window
+    without valid pixels, is reported with reliability 0.
     """
     width, height = reference.dataset.width, reference.dataset.height
     size = GLOBAL_WINDOW_FACTOR * config.window
     window = _central_window(width, height, size, (0, 0))
-    dx, dy, reliability, _ = _match(reference, moving, window, (0, 0), structure=structure, config=config)
+    first = _match(reference, moving, window, (0, 0), structure=structure, config=config)
+    if first is None:
+        return 0.0, 0.0, 0.0
+    dx, dy, _ = first
     if math.hypot(dx, dy) > config.max_shift_px:
         return dx, dy, 0.0
     offset = (round(dx), round(dy))
     window = _central_window(width, height, size, offset)
-    dx, dy, reliability, _ = _match(reference, moving, window, offset, structure=structure, config=config)
-    return dx, dy, reliability
+    second = _match(reference, moving, window, offset, structure=structure, config=config)
+    return second if second is not None else (dx, dy, 0.0)
 
 
 # --- tie points --------------------------------------------------------------------------------
@@ -364,11 +398,13 @@ def _tiepoints(
     for row in _grid_offsets(height, size, spacing, offset[1]):
         for col in _grid_offsets(width, size, spacing, offset[0]):
             window = Window(col, row, size, size)
-            dx, dy, reliability, fraction = _match(
-                reference, moving, window, offset, structure=structure, config=config
+            match = _match(
+                reference, moving, window, offset, structure=structure, config=config,
+                min_valid_fraction=config.min_valid_fraction,
             )
-            if fraction < config.min_valid_fraction:
+            if match is None:
                 continue
+            dx, dy, reliability = match
             passed = reliability >= config.min_reliability and math.hypot(dx, dy) <= config.max_shift_px
             points.append(TiePoint(col + size / 2, row + size / 2, dx, dy, reliability, passed))
     return points
