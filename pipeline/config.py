@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -208,6 +208,8 @@ def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictM
 
 def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
+    if isinstance(config, TrainConfig):
+        return config if config.data.is_absolute() else config.model_copy(update={"data": base / config.data})
     if not isinstance(config, PrepareConfig):
         return config
     scenes = [
@@ -242,3 +244,30 @@ def load_scene_list(path: Path) -> list[SceneEntry]:
         entries.append(entry if entry.path.is_absolute() else entry.model_copy(update={"path": path.parent / entry.path}))
     return entries
 
+
+
+class TrainConfig(StrictModel):
+    """Configuration of `changeflow train`."""
+
+    data: Path = Field(description="A prepare output folder (catalog.gpkg + tiles/) or a LEVIR-style folder.")
+    model: str = "fc_siam_diff"
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    loss_options: dict[str, Any] = Field(default_factory=dict)
+    inputs: tuple[str, str] = Field(default=("A", "B"), description="Roles of t1 and t2, in forward order.")
+    teacher_input: str = Field(default="C", description="Role of the teacher's extra input (GOLD).")
+    modalities: dict[str, Literal["optical", "sar"]] = Field(
+        default_factory=lambda: {"A": "optical", "B": "sar", "C": "optical"}
+    )
+    epochs: int = Field(default=20, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "none"] = "cosine"
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    amp: bool = True
+    seed: int = 0
+    workers: int = Field(default=2, ge=0)
+    crop: int | None = Field(default=None, ge=16)
+    augment: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
