@@ -122,21 +122,31 @@ class GoldLoss(nn.Module):
             parts["teacher_entropy"] = ent
         parts.update(teacher_cd=t_cd, teacher_ce=t_ce, teacher_dice=t_dice)
 
+        parts.update(self.distillation_terms(outputs, target))
+        total, weights = self.weighting(parts, float(epoch))
+        parts.update(weights)
+        return total, self._log(total, parts)
+
+    def distillation_terms(self, outputs: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        """The unweighted distillation and attention-transfer terms (tensors): ``feat`` (with its ``feat_mse``
+        and ``feat_cos`` parts), ``kl``, ``map``, ``ch``, ``sp``. Teacher tensors are detached unless
+        ``detach_teacher`` is False."""
+        target = check_target(target, outputs["logits"].shape[-2:], "GoldLoss")
         s_feat, t_feat = outputs["student_feat"], self._teacher(outputs["teacher_feat"])
         feat, feat_mse, feat_cos = self.feature(s_feat, t_feat, target)
-        kl = self.kl(s_logits, self._teacher(t_logits), target)
+        kl = self.kl(outputs["logits"], self._teacher(outputs["teacher_logits"]), target)
         fa = outputs["feat_a"]
         l_map, l_ch, l_sp = self.attention(
             fa, outputs["feat_b"], self._teacher(outputs["feat_c"]), s_feat, t_feat, target,
             teacher_feat_a=self._teacher(fa),
         )  # fmt: skip
-        parts.update(feat=feat, feat_mse=feat_mse, feat_cos=feat_cos, kl=kl, map=l_map, ch=l_ch, sp=l_sp)
-        total, weights = self.weighting(parts, float(epoch))
-        parts.update(weights)
-        return total, self._log(total, parts)
+        return {
+            "feat": feat, "feat_mse": feat_mse, "feat_cos": feat_cos, "kl": kl, "map": l_map, "ch": l_ch, "sp": l_sp
+        }  # fmt: skip
 
     @staticmethod
     def _log(total: Tensor, parts: dict[str, Tensor]) -> dict[str, float]:
         keys = ["loss", *parts]
-        values = torch.stack([total.detach().float(), *(v.detach().float().to(total.device) for v in parts.values())])
+        tensors = [total, *parts.values()]
+        values = torch.stack([v.detach().float().to(total.device) for v in tensors])
         return dict(zip(keys, values.tolist()))
