@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import PrepareConfig, load_config
+from pipeline.config import PrepareConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
 
 # No telemetry from the embedded Prefect server: machines may have no network.
@@ -64,3 +65,36 @@ def synthetic(
     for role, path in group.paths.items():
         console.print(f"{role:>5}: {path}")
     console.print(f"scene list: {group.scene_list} (change fraction {group.change_fraction:.3f})")
+
+
+@app.command("train")
+def train_command(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML training config."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints, metrics.csv, TensorBoard."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt exactly."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the config)."),
+) -> None:
+    """Train a change model on prepared tiles (one process, or DDP under torchrun)."""
+    from flows.progress import progress_bar
+    from pipeline.train import distributed_from_env, train
+
+    try:
+        settings = load_config(config, TrainConfig)
+        if device is not None:
+            settings = TrainConfig.model_validate({**settings.model_dump(), "device": device})
+        if distributed_from_env().world_size > 1:
+            # Under torchrun every rank is a plain process; the launcher owns the GPUs.
+            with progress_bar("training", distributed_from_env().is_main) as advance:
+                result = train(settings, out, resume=resume, progress=advance)
+        else:
+            from flows.train import train_flow
+
+            result = train_flow(str(config), str(out), resume, device, progress=True)
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    except ValidationError as exc:
+        console.print(f"[bold red]error:[/] {config}: {exc}")
+        raise typer.Exit(code=2) from None
+    if result:
+        console.print(f"[green]trained[/] {out}: best epoch {result['best_epoch']}, test {result['test']}")

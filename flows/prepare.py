@@ -28,6 +28,7 @@ from prefect.futures import as_completed
 from rasterio.crs import CRS
 from shapely.geometry import box
 
+from flows.progress import progress_bar
 from pipeline.catalog import Scene, build_catalog, scene_entries
 from pipeline.config import PrepareConfig, Role, load_config
 from pipeline.coregistration import CoregistrationResult, coregister
@@ -357,16 +358,10 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
 
 
 def _tracked(futures: list, show: bool):
-    """Futures as they complete, with a rich progress bar over groups when asked."""
-    if not show:
-        yield from as_completed(futures)
-        return
-    from rich.progress import Progress
-
-    with Progress() as bar:
-        job = bar.add_task("groups", total=len(futures))
-        for future in as_completed(futures):
-            bar.advance(job)
+    """Futures as they complete, with a progress bar over groups when asked."""
+    with progress_bar("groups", show) as advance:
+        for done, future in enumerate(as_completed(futures), start=1):
+            advance("groups", done, len(futures))
             yield future
 
 

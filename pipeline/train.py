@@ -224,6 +224,7 @@ def train(
     else:
         stats = fit_normalization(index, modalities, seed=config.seed)
     channels = channel_options(config, bands)
+    torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config.model, config.model_options, channels).to(device)
     loss_name = getattr(model, "default_loss", "change")
     loss_fn = build_loss(loss_name, **config.loss_options).to(device)

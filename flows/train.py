@@ -1,0 +1,46 @@
+"""The training flow: one training run under the global concurrency limit ``gpu``.
+
+Two trainings never share a GPU: each holds a slot of the Prefect global concurrency limit
+``gpu`` (created with one slot when missing; raise it with ``prefect gcl update gpu --limit N``
+on a multi-GPU host). Multi-GPU DDP training runs the same ``changeflow train`` under torchrun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectNotFound
+
+from flows.progress import progress_bar
+from pipeline.config import TrainConfig, load_config
+from pipeline.train import train
+
+GPU_LIMIT = "gpu"
+
+
+def ensure_gpu_limit(slots: int = 1) -> None:
+    """Create the ``gpu`` global concurrency limit when the API has none."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    config_path: str, out_dir: str, resume: bool = False, device: str | None = None, progress: bool = False
+) -> dict:
+    """Train the configured model on a prepared tile index; returns the test metrics."""
+    config = load_config(Path(config_path), TrainConfig)
+    if device is not None:
+        config = TrainConfig.model_validate({**config.model_dump(), "device": device})
+    ensure_gpu_limit()
+    with concurrency(GPU_LIMIT, occupy=1, strict=True), progress_bar("training", progress) as advance:
+        result = train(config, Path(out_dir), resume=resume, progress=advance)
+    print(f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
+    return result
