@@ -44,7 +44,10 @@ GLOBAL_WINDOW_FACTOR = 4
 """The global window is this many tie-point windows wide (1024 px with the default 256 px window)."""
 
 MIN_TIEPOINTS_PER_AXIS = 3
-"""Small images shrink the tie-point window until this many points fit along the short side."""
+"""Small images shrink the tie-point window until this many points fit along the short side..."""
+
+MIN_TIEPOINT_WINDOW = 32
+"""...but never below this many pixels (the smallest ``CoregistrationConfig.window``)."""
 
 TAPER_ALPHA = 0.5
 """Tukey taper of each matching window: suppresses the edge discontinuity of the periodic FFT."""
@@ -72,7 +75,8 @@ class TiePoint:
     ``x``, ``y`` are the reference pixel coordinates of the window centre in continuous pixel space
     ((0, 0) is the top-left corner of the top-left pixel); the same ground feature lies at
     ``(x + dx, y + dy)`` in the moving image. ``reliability`` is AROSICS's percentage;
-    ``inlier`` is True when the point passed the reliability gate and RANSAC.
+    ``inlier`` is True when the point passed the reliability and ``max_shift_px`` gate and, when an
+    affine model was fitted, RANSAC.
     """
 
     x: float
@@ -90,7 +94,9 @@ class CoregistrationResult:
     ``matrix`` is (a, b, c, d, e, f) in ``affine.Affine`` order: moving_col = a*col + b*row + c,
     moving_row = d*col + e*row + f, in continuous pixel coordinates. ``shift_px`` and
     ``reliability`` are those of the global phase correlation; ``rmse_px`` is the RMS residual of the
-    kept tie points against ``matrix`` (nan when none is kept) and ``n_kept`` their number.
+    kept tie points against ``matrix`` (nan when none is kept) and ``n_kept`` their number. In the
+    translation fallback no consensus was found, so the kept points are all the gated ones and the
+    RMSE says how far they are from the global translation: a large value means "do not trust".
     """
 
     method: Literal["intensity", "structure"]
@@ -216,10 +222,13 @@ def phase_shift(
     """Sub-pixel shift of ``moving`` against ``reference`` by multi-channel phase correlation.
 
     Inputs are (H, W) or (C, H, W) of equal shape; the optional (H, W) valid masks mark pixels to
-    ignore (they are filled with the valid mean). The per-channel cross-power spectra are summed,
+    ignore (they are set to the valid mean and faded in, see :func:`_tapered`). The per-channel cross-power spectra are summed,
     R = Σ_c F_c·conj(G_c), and whitened (phase correlation), so every channel votes for one common
     peak; scikit-image then locates and refines that peak with the upsampled DFT of Guizar-Sicairos
-    et al. (2008) to 1/``upsample_factor`` px.
+    et al. (2008) to 1/``upsample_factor`` px. Before that the whitened spectrum is weighted by a
+    Gaussian low-pass (``SPECTRAL_SIGMA``): the highest frequencies carry aliasing and the phase
+    errors of resampling (a cubic or bilinear reprojection pulls the estimate towards whole pixels
+    by up to 0.1 px otherwise), which is why Stone et al. (IEEE TGRS 39(10), 2001) mask them out.
 
     Returns (dx, dy, reliability): the feature at reference position p lies at p + (dx, dy) in the
     moving image (columns, rows), and AROSICS's reliability of the correlation surface in percent.
@@ -364,8 +373,8 @@ def _global_shift(
 def _tiepoint_geometry(config: CoregistrationConfig, width: int, height: int) -> tuple[int, int]:
     """(window, spacing) in pixels; small images get both shrunk so that enough points fit."""
     short_side = min(width, height)
-    window = min(config.window, short_side // (MIN_TIEPOINTS_PER_AXIS + 1) // 2 * 2)
-    window = max(window, 16)
+    fitting = short_side // (MIN_TIEPOINTS_PER_AXIS + 1) // 2 * 2
+    window = max(MIN_TIEPOINT_WINDOW, min(config.window, fitting))
     spacing = max(1, round(config.grid_spacing * window / config.window))
     return window, spacing
 

@@ -242,30 +242,47 @@ def test_different_grids_are_refused(shared_data):
 # --- coregister: optical–SAR --------------------------------------------------------------------
 
 
-def _optical_and_sar(shared_data: Path, name: str, shift: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    image = _optical(shared_data, name)
+def _optical_and_sar(image: np.ndarray, shift: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     sar = simulate_sar_amplitude(_shift(image, *shift), rng=np.random.default_rng(7))
     return _crop(image), _crop(sar)
 
 
 @pytest.mark.parametrize("name", ["taizhou-tm", "levir-1024"])
 def test_optical_vs_simulated_sar_within_a_pixel(shared_data, name):
-    optical, sar = _optical_and_sar(shared_data, name, (3.4, -5.7))
+    optical, sar = _optical_and_sar(_optical(shared_data, name), (3.4, -5.7))
     result = _run(optical, sar, structure=True)
     assert result.method == "structure"
     assert abs(result.shift_px[0] - 3.4) < 1
     assert abs(result.shift_px[1] + 5.7) < 1
+    height, width = optical.shape[1:]
+    np.testing.assert_allclose(_predicted_shift(result, width / 2, height / 2), (3.4, -5.7), atol=1)
 
 
 def test_structure_is_needed_for_sar(shared_data):
-    """On Sentinel-2 vs its simulated SAR, raw intensity correlation locks on a wrong peak."""
-    optical, sar = _optical_and_sar(shared_data, "s2-b04", (3.4, -5.7))
+    """On Sentinel-2 (eastern half) vs its simulated SAR, raw intensity locks on a wrong peak."""
+    image = _optical(shared_data, "s2-b04")[:, :, 768:]
+    optical, sar = _optical_and_sar(image, (3.4, -5.7))
     errors = {}
     for structure in (False, True):
         result = _run(optical, sar, structure=structure)
         errors[structure] = float(np.hypot(result.shift_px[0] - 3.4, result.shift_px[1] + 5.7))
     assert errors[True] < 1
     assert errors[False] > 2 * errors[True]
+
+
+def test_sar_in_db_with_nan_nodata(shared_data):
+    """The pipeline's own case: integer optical with a black collar vs SAR σ0 in dB, NaN outside."""
+    image = _optical(shared_data, "s2-b04")[:, :, 768:]
+    height, width = image.shape[1:]
+    rows, cols = np.mgrid[:height, :width]
+    footprint = np.abs(cols / width - 0.5) + np.abs(rows / height - 0.5) < 0.65
+    amplitude = simulate_sar_amplitude(_shift(image, 3.4, -5.7), rng=np.random.default_rng(7))
+    sigma0_db = np.where(footprint, 20 * np.log10(np.maximum(amplitude, 1e-3)), np.nan).astype(np.float32)
+    optical = np.where(footprint, image, 0).astype(np.uint16)
+    with _datasets(_crop(optical), _crop(sigma0_db)) as (ref, mov):
+        result = coregister(ref, mov, CoregistrationConfig(), structure=True, reference_black=0)
+    assert result.shift_px == pytest.approx((3.4, -5.7), abs=0.5)
+    assert np.isfinite(result.rmse_px)
 
 
 # --- Shuguang: real SAR (Radarsat-2) vs optical (Google Earth), not georeferenced ----------------
