@@ -61,6 +61,9 @@ WHITENING_FLOOR = 1e-6
 SPECTRAL_SIGMA = 0.1
 """Gaussian weight (cycles/px) on the whitened cross-power spectrum; see :func:`phase_shift`."""
 
+PRESMOOTH_SIGMA = 1.0
+"""Light Gaussian (px) before the CFOG gradients."""
+
 DESCRIPTOR_SIGMA = 3.0
 """Spatial Gaussian (px) of the CFOG channels: wide enough to average SAR speckle."""
 
@@ -126,7 +129,7 @@ def structure_descriptor(
 
     ``image`` is (H, W); returns float32 (orientations, H, W).
     """
-    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), 1.0)
+    smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), PRESMOOTH_SIGMA)
     gx = ndimage.sobel(smooth, axis=1)
     gy = ndimage.sobel(smooth, axis=0)
     angles = np.arange(orientations) * np.pi / orientations
@@ -189,8 +192,8 @@ def _tapered(channels: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
 def _reliability(surface: np.ndarray) -> float:
     """AROSICS reliability (%) of a correlation surface with its peak at the maximum.
 
-    100 − 100·(mean + 2σ of the surface outside the 3×3 peak neighbourhood) ÷ (mean of the 3×3 peak),
-    clamped to 0–100: a sharp isolated peak scores near 100, a flat or multi-modal surface near 0.
+    100 − 100·(mean + 2σ of the surface outside the 3×3 peak) ÷ (mean of the 3×3 peak), clamped
+    to 0–100: a sharp isolated peak scores near 100, a flat or multi-modal surface near 0.
     """
     centred = np.fft.fftshift(np.abs(surface))
     row, col = np.unravel_index(np.argmax(centred), centred.shape)
@@ -222,13 +225,14 @@ def phase_shift(
     """Sub-pixel shift of ``moving`` against ``reference`` by multi-channel phase correlation.
 
     Inputs are (H, W) or (C, H, W) of equal shape; the optional (H, W) valid masks mark pixels to
-    ignore (they are set to the valid mean and faded in, see :func:`_tapered`). The per-channel cross-power spectra are summed,
-    R = Σ_c F_c·conj(G_c), and whitened (phase correlation), so every channel votes for one common
-    peak; scikit-image then locates and refines that peak with the upsampled DFT of Guizar-Sicairos
-    et al. (2008) to 1/``upsample_factor`` px. Before that the whitened spectrum is weighted by a
-    Gaussian low-pass (``SPECTRAL_SIGMA``): the highest frequencies carry aliasing and the phase
-    errors of resampling (a cubic or bilinear reprojection pulls the estimate towards whole pixels
-    by up to 0.1 px otherwise), which is why Stone et al. (IEEE TGRS 39(10), 2001) mask them out.
+    ignore (they are set to the valid mean and faded in, see :func:`_tapered`). The per-channel
+    cross-power spectra are summed, R = Σ_c F_c·conj(G_c), and whitened (phase correlation), so
+    every channel votes for one common peak; scikit-image then locates and refines that peak with
+    the upsampled DFT of Guizar-Sicairos et al. (2008) to 1/``upsample_factor`` px. Before that the
+    whitened spectrum is weighted by a Gaussian low-pass (``SPECTRAL_SIGMA``): the highest
+    frequencies carry aliasing and the phase errors of resampling (a cubic or bilinear reprojection
+    otherwise pulls the estimate towards whole pixels by up to 0.1 px), which is why Stone et al.
+    (IEEE TGRS 39(10), 2001) mask them out.
 
     Returns (dx, dy, reliability): the feature at reference position p lies at p + (dx, dy) in the
     moving image (columns, rows), and AROSICS's reliability of the correlation surface in percent.
@@ -284,7 +288,7 @@ def _matching_image(
     """
     data, valid = read_window(source.dataset, window, black_value=source.black)
     fraction = float(valid.mean())
-    intensity = data.astype(np.float64).mean(axis=0)
+    intensity = data.astype(np.float32).mean(axis=0)
     if not structure:
         return intensity, valid, fraction
     filled = np.where(valid, _log_amplitude(intensity, valid), 0.0)
@@ -292,8 +296,8 @@ def _matching_image(
         filled[~valid] = filled[valid].mean()
     descriptor = structure_descriptor(filled, orientations=orientations)
     if not valid.all():
-        reach = 2 * math.ceil(3 * DESCRIPTOR_SIGMA) + 5  # Gaussians (3σ) and Sobel, both sides
-        valid = ndimage.minimum_filter(valid, size=reach)
+        reach = math.ceil(3 * (PRESMOOTH_SIGMA + DESCRIPTOR_SIGMA)) + 1  # Gaussians at 3σ, Sobel
+        valid = ndimage.minimum_filter(valid, size=2 * reach + 1)
     return descriptor, valid, fraction
 
 

@@ -87,7 +87,9 @@ def _datasets(*images: np.ndarray, nodata: float | None = None) -> Iterator[list
         yield readers
 
 
-def _run(reference: np.ndarray, moving: np.ndarray, *, structure: bool = False, **config) -> CoregistrationResult:
+def _run(
+    reference: np.ndarray, moving: np.ndarray, *, structure: bool = False, **config
+) -> CoregistrationResult:
     with _datasets(reference, moving) as (ref, mov):
         return coregister(ref, mov, CoregistrationConfig(**config), structure=structure)
 
@@ -277,7 +279,8 @@ def test_sar_in_db_with_nan_nodata(shared_data):
     rows, cols = np.mgrid[:height, :width]
     footprint = np.abs(cols / width - 0.5) + np.abs(rows / height - 0.5) < 0.65
     amplitude = simulate_sar_amplitude(_shift(image, 3.4, -5.7), rng=np.random.default_rng(7))
-    sigma0_db = np.where(footprint, 20 * np.log10(np.maximum(amplitude, 1e-3)), np.nan).astype(np.float32)
+    sigma0_db = np.where(footprint, 20 * np.log10(np.maximum(amplitude, 1e-3)), np.nan)
+    sigma0_db = sigma0_db.astype(np.float32)
     optical = np.where(footprint, image, 0).astype(np.uint16)
     with _datasets(_crop(optical), _crop(sigma0_db)) as (ref, mov):
         result = coregister(ref, mov, CoregistrationConfig(), structure=True, reference_black=0)
@@ -289,11 +292,14 @@ def test_sar_in_db_with_nan_nodata(shared_data):
 
 
 @contextmanager
-def _shuguang(shared_data: Path, sar: str, optical: str) -> Iterator[tuple[DatasetReader, DatasetReader]]:
+def _shuguang(
+    shared_data: Path, sar: str, optical: str
+) -> Iterator[tuple[DatasetReader, DatasetReader]]:
     folder = shared_data / "hcd-shuguang"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(_require(folder / sar)) as ref, rasterio.open(_require(folder / optical)) as mov:
+        sar_path, optical_path = _require(folder / sar), _require(folder / optical)
+        with rasterio.open(sar_path) as ref, rasterio.open(optical_path) as mov:
             yield ref, mov
 
 
