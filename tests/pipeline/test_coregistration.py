@@ -261,15 +261,18 @@ def test_optical_vs_simulated_sar_within_a_pixel(shared_data, name):
 
 
 def test_structure_is_needed_for_sar(shared_data):
-    """On Sentinel-2 (eastern half) vs its simulated SAR, raw intensity locks on a wrong peak."""
-    image = _optical(shared_data, "s2-b04")[:, :, 768:]
-    optical, sar = _optical_and_sar(image, (3.4, -5.7))
-    errors = {}
-    for structure in (False, True):
-        result = _run(optical, sar, structure=structure)
-        errors[structure] = float(np.hypot(result.shift_px[0] - 3.4, result.shift_px[1] + 5.7))
-    assert errors[True] < 1
-    assert errors[False] > 2 * errors[True]
+    """Landsat RGB vs its simulated SAR: raw intensity correlation lands about 3 px off (any speckle
+    seed) and no tie point agrees with it; the CFOG structure path is within a fraction of a pixel
+    and its tie points agree."""
+    optical, sar = _optical_and_sar(_optical(shared_data, "rgb-byte"), (3.4, -5.7))
+    results = {structure: _run(optical, sar, structure=structure) for structure in (False, True)}
+    errors = {
+        structure: float(np.hypot(result.shift_px[0] - 3.4, result.shift_px[1] + 5.7))
+        for structure, result in results.items()
+    }
+    assert errors[True] < 0.5
+    assert errors[False] > 1.0
+    assert results[True].n_kept >= CoregistrationConfig().min_tiepoints > results[False].n_kept
 
 
 def test_sar_in_db_with_nan_nodata(shared_data):
