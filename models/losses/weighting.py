@@ -15,8 +15,10 @@ the distillation act, which avoids distilling from an untrained teacher.
 ``w_cd ← max(w_cd, 0.6 tot)``, ``w_dist ← min(w_dist, 0.3 tot)``, ``w_att ← min(w_att, 0.2 tot)``, then rescale
 to sum tot. Total ``L = w_cd(w_S L_S + ρ w_T L_T) + w_dist ρ (w_f L_feat + w_o L_KL) + w_att (w_m L_map + w_c L_ch
 + w_p L_sp)``. Known weakness (spec §12): there is no log-σ regulariser, so gradient descent on s moves weight
-toward the numerically smallest loss; only the clamps keep the CD task dominant. It is kept because it is what
-the published results used. The original optimised s with AdamW at 0.1 × lr and did not checkpoint it.
+toward the numerically smallest loss; only the clamps keep the CD task dominant. Moreover, with s_task near 0
+after warm-up all three clamps are active at once, so the task weights are pinned at [0.873, 0.436, 0.291] and
+s_task receives no gradient — in practice only the inner weights adapt. It is kept because it is what the
+published results used. The original optimised s with AdamW at 0.1 × lr and did not checkpoint it.
 
 ``weighting: uncertainty`` — :class:`UncertaintyWeighting`, homoscedastic uncertainty weighting (A. Kendall,
 Y. Gal, R. Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses", CVPR 2018) at the task level:
