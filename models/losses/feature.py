@@ -1,7 +1,7 @@
 """Feature distillation: change-weighted MSE plus a global cosine term.
 
-What: ``L_feat = mse_weight · mean(M²·(S − T)²) + cos_weight · (1 − mean_n cos(GAP S_n, GAP T_n))`` where S, T are
-the student's and teacher's enhanced features ``[N, C, h, w]`` and M the label at feature resolution (nearest)
+What: ``L_feat = mse_weight · mean(M²·(S − T)²) + cos_weight · (1 − mean_n cos(GAP S_n, GAP T_n))``, where S
+and T are the student's and teacher's enhanced features ``[N, C, h, w]`` and M the label at feature resolution (nearest)
 mapped to 4.0 on change, 0.5 on no change (the original's ``(M⊙S − M⊙T)²``, so the weights act squared).
 
 Why: GOLD (spec §4.2, ``HeterogeneousAttentionDistillationLoss``) pulls the optical–SAR student's change
