@@ -98,3 +98,7 @@ def train_command(
         raise typer.Exit(code=2) from None
     if result:
         console.print(f"[green]trained[/] {out}: best epoch {result['best_epoch']}, test {result['test']}")
+
+
+if __name__ == "__main__":
+    app()

@@ -20,16 +20,21 @@ from torchmetrics.classification import (
 IGNORE_INDEX = 255
 
 
-def change_metrics(device: torch.device | str = "cpu") -> MetricCollection:
-    """A fresh metric collection on ``device``; feed it change probabilities and labels."""
+def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) -> MetricCollection:
+    """A fresh metric collection on ``device``; feed it change probabilities and labels.
+
+    ``sync=False`` (default) computes on this process's data only: under DDP, evaluation runs on
+    rank 0 alone, and a cross-process sync would wait forever for the other ranks.
+    """
+    options = {"ignore_index": IGNORE_INDEX, "sync_on_compute": sync}
     return MetricCollection(
         {
-            "precision": BinaryPrecision(ignore_index=IGNORE_INDEX),
-            "recall": BinaryRecall(ignore_index=IGNORE_INDEX),
-            "f1": BinaryF1Score(ignore_index=IGNORE_INDEX),
-            "iou": BinaryJaccardIndex(ignore_index=IGNORE_INDEX),
-            "oa": BinaryAccuracy(ignore_index=IGNORE_INDEX),
-            "kappa": BinaryCohenKappa(ignore_index=IGNORE_INDEX),
+            "precision": BinaryPrecision(**options),
+            "recall": BinaryRecall(**options),
+            "f1": BinaryF1Score(**options),
+            "iou": BinaryJaccardIndex(**options),
+            "oa": BinaryAccuracy(**options),
+            "kappa": BinaryCohenKappa(**options),
         }
     ).to(device)
 
