@@ -168,10 +168,14 @@ def _build_group(
             continue
         correction = Affine.identity()
         if config.coregistration.enabled:
+            structure = reference.is_sar or scene.is_sar
+            settings = config.coregistration
+            if structure:
+                settings = settings.model_copy(update={"ransac_threshold_px": settings.ransac_threshold_sar_px})
             with rasterio.open(paths[Role.A]) as ref_ds, warped(scene, grid) as moving:
                 result = coregister(
-                    ref_ds, moving, config.coregistration,
-                    structure=reference.is_sar or scene.is_sar,
+                    ref_ds, moving, settings,
+                    structure=structure,
                     reference_black=_black_value(reference, config),
                     moving_black=_black_value(scene, config),
                 )

@@ -83,11 +83,15 @@ class CoregistrationConfig(StrictModel):
 
     enabled: bool = True
     window: int = Field(default=256, ge=32, description="Tie-point matching window (px).")
-    grid_spacing: int = Field(default=256, ge=16, description="Distance between tie points (px).")
+    grid_spacing: int = Field(default=128, ge=16, description="Distance between tie points (px).")
+    max_tiepoints: int = Field(default=400, ge=9, description="Spacing widens on large scenes.")
     max_shift_px: float = Field(default=32.0, gt=0, description="Largest shift searched for.")
     min_reliability: float = Field(default=30.0, ge=0, le=100, description="Tie-point gate (%).")
     min_valid_fraction: float = Field(default=0.9, gt=0, le=1)
     ransac_threshold_px: float = Field(default=1.0, gt=0)
+    ransac_threshold_sar_px: float = Field(
+        default=2.0, gt=0, description="Optical-SAR tie points scatter more (speckle, layover)."
+    )
     min_tiepoints: int = Field(default=6, ge=3, description="Fewer kept points → translation only.")
     max_rmse_px: float = Field(default=2.0, gt=0, description="Images above this RMSE are refused.")
     upsample_factor: int = Field(default=50, ge=1, description="Sub-pixel precision 1/upsample px.")

@@ -375,11 +375,13 @@ def _global_shift(
 
 
 def _tiepoint_geometry(config: CoregistrationConfig, width: int, height: int) -> tuple[int, int]:
-    """(window, spacing) in pixels; small images get both shrunk so that enough points fit."""
+    """(window, spacing) in pixels; small images get both shrunk so that enough points fit, and
+    large ones a wider spacing so that at most ``config.max_tiepoints`` are measured."""
     short_side = min(width, height)
     fitting = short_side // (MIN_TIEPOINTS_PER_AXIS + 1) // 2 * 2
     window = max(MIN_TIEPOINT_WINDOW, min(config.window, fitting))
     spacing = max(1, round(config.grid_spacing * window / config.window))
+    spacing = max(spacing, math.ceil(math.sqrt(width * height / config.max_tiepoints)))
     return window, spacing
 
 

@@ -60,7 +60,7 @@ def test_bmp_sar_optical_pair_is_coregistered_in_pixel_space(shared_data, tmp_pa
             {"path": folder / "shuguang_gt.bmp", "role": "label", "group": "sg", "id": "gt"},
         ],
         tiling={"size": 256, "stride": 128},
-        coregistration={"window": 128, "grid_spacing": 128, "max_rmse_px": 3.0},
+        coregistration={"window": 128, "grid_spacing": 64},
     )
     outcome = _prepare(config, tmp_path)
     record = outcome.coregistration[0]

@@ -35,3 +35,11 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     assert isinstance(config, PrepareConfig)
     assert config.scenes[0].path == tmp_path / "a.tif"
     assert config.tiling.size == 512 and config.tiling.stride == 256 and config.min_overlap == 0.8
+
+
+def test_reference_config_lists_the_defaults():
+    import yaml
+    from pathlib import Path
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "prepare.yaml").read_text())
+    assert PrepareConfig.model_validate({**raw, "inbox": "x"}) == PrepareConfig(inbox="x")
