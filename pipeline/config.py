@@ -254,6 +254,9 @@ class TrainConfig(StrictModel):
     """Configuration of `changeflow train`."""
 
     data: Path = Field(description="A prepare output folder (catalog.gpkg + tiles/) or a LEVIR-style folder.")
+    folder_labels: LabelEncoding = Field(
+        default="binary255", description="Label encoding of a LEVIR-style folder (prepare output: 0/1/255)."
+    )
     model: str = "fc_siam_diff"
     model_options: dict[str, Any] = Field(default_factory=dict)
     loss_options: dict[str, Any] = Field(default_factory=dict)

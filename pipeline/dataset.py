@@ -28,10 +28,11 @@ IGNORE = 255
 FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")
 
 
-def load_index(root: Path) -> pd.DataFrame:
+def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
     """Tiles (tile_id, split, path per role) from ``root/catalog.gpkg`` or a LEVIR-style folder.
 
-    LEVIR-CD / open-cd layout: ``root/{train,val,test}/{A,B,label}/{name}.png`` with 0/255 labels.
+    LEVIR-CD / open-cd layout: ``root/{train,val,test}/{A,B,label}/{name}.png``; its labels are
+    0/255 masks (``folder_labels="binary255"``) or 0/1/255 = ignore (``"change01"``).
     """
     catalog = root / "catalog.gpkg"
     if catalog.exists():
@@ -51,7 +52,7 @@ def load_index(root: Path) -> pd.DataFrame:
         for image in sorted(reference.iterdir()):
             if image.suffix.lower() in FOLDER_SUFFIXES:
                 rows.append({
-                    "tile_id": image.stem, "split": split_dir.name, "label_format": "binary255",
+                    "tile_id": image.stem, "split": split_dir.name, "label_format": folder_labels,
                     **{role: folder / image.name for role, folder in role_dirs.items()},
                 })
     if not rows:

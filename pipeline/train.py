@@ -213,7 +213,7 @@ def train(
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     roles, teacher = model_roles(config)
-    index = load_index(config.data)
+    index = load_index(config.data, config.folder_labels)
     checkpoint = load_checkpoint(out / "last.pt") if resume else None
     if checkpoint is not None and checkpoint["model_name"] != config.model:
         raise InputError(out / "last.pt", f"was trained with model '{checkpoint['model_name']}', not '{config.model}'")
