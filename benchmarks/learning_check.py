@@ -26,7 +26,7 @@ from pipeline.config import TrainConfig
 from pipeline.metrics import as_floats, change_metrics
 from pipeline.train import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GAP = 16
 
 
@@ -47,17 +47,17 @@ def _read(path: Path, bands: int | None = None) -> np.ndarray:
     return data[:bands] if bands else data
 
 
-def load_scene(name: str) -> Scene:
+def load_scene(name: str, data: Path) -> Scene:
     if name == "levir":
-        root = DATA / "levir-cd-samples" / "full_tile"
+        root = data / "levir-cd-samples" / "full_tile"
         label = (_read(root / "label" / "test_101.png")[0] > 127).astype(np.uint8)
         return Scene(name, _read(root / "A" / "test_101.png", 3), _read(root / "B" / "test_101.png", 3), label, ("optical", "optical"))
     if name == "shuguang":
-        root = DATA / "hcd-shuguang"
+        root = data / "hcd-shuguang"
         label = (_read(root / "shuguang_gt.bmp")[0] > 127).astype(np.uint8)
         return Scene(name, _read(root / "shuguang_1.bmp", 1), _read(root / "shuguang_2.bmp", 3), label, ("sar", "optical"))
     if name == "taizhou":
-        root = DATA / "landsat-taizhou-nanjing" / "Taizhou"
+        root = data / "landsat-taizhou-nanjing" / "Taizhou"
         changed = _read(root / "change.bmp")[0] > 127
         unchanged = _read(root / "unchanged.bmp")[0] > 127
         label = np.full(changed.shape, 255, np.uint8)
@@ -139,12 +139,13 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("learning-check"))
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="The shared data folder.")
     args = parser.parse_args()
-    if not DATA.is_dir():
-        raise SystemExit(f"real data folder {DATA} is missing")
+    if not args.data.is_dir():
+        raise SystemExit(f"real data folder {args.data} is missing")
     results = {}
     for name in args.scenes:
-        scene = load_scene(name)
+        scene = load_scene(name, args.data)
         folder = args.out / name / "tiles"
         write_halves(scene, folder, args.size)
         results[name] = {"baselines": baselines(scene)}

@@ -22,7 +22,6 @@ from pipeline.augment import AugmentSettings, optical_jitter, paired_geometry
 from pipeline.errors import InputError
 from pipeline.normalization import BandStats, Modality, fit_stats, normalize
 from pipeline.raster_io import open_raster, read_window
-from pipeline.tile_index import read_tiles
 
 IGNORE = 255
 FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")
@@ -36,6 +35,8 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
     """
     catalog = root / "catalog.gpkg"
     if catalog.exists():
+        from pipeline.tile_index import read_tiles  # geopandas only when there is a GeoPackage
+
         tiles = pd.DataFrame(read_tiles(catalog).drop(columns="geometry"))
         rows = []
         for tile in tiles.itertuples():
