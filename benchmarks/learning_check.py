@@ -87,10 +87,10 @@ def _windows(x0: int, x1: int, y0: int, y1: int, size: int, stride: int):
 
 
 def write_halves(scene: Scene, root: Path, size: int) -> None:
-    """Left half → train (top 80 %) and val (bottom 20 %); right half → test."""
+    """Left half → train (top 80 %, at least one tile left for val) and val; right half → test."""
     _, height, width = scene.t1.shape
     middle = width // 2
-    val_top = int(height * 0.8)
+    val_top = min(int(height * 0.8), height - size)
     regions = {
         "train": (0, middle - GAP, 0, val_top - GAP, size // 2),
         "val": (0, middle - GAP, val_top, height, size),
