@@ -35,3 +35,21 @@ def write_raster(
     ) as dst:
         dst.write(array)
     return path
+
+
+def write_folder_dataset(root: Path, *, tiles: int = 6, size: int = 64, seed: int = 0) -> Path:
+    """A LEVIR-style folder: optical A and B with squares appearing at t2, labels 0/255."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", tiles), ("val", 2), ("test", 2)):
+        for index in range(count):
+            base = rng.integers(200, 600, (3, size, size)).astype(np.uint16)
+            after = base.copy()
+            label = np.zeros((size, size), np.uint8)
+            for _ in range(3):
+                row, col = rng.integers(0, size - 16, 2)
+                after[:, row : row + 12, col : col + 12] = 2000
+                label[row : row + 12, col : col + 12] = 255
+            for role, data in (("A", base), ("B", after), ("label", label)):
+                (root / split / role).mkdir(parents=True, exist_ok=True)
+                write_raster(root / split / role / f"t{index}.tif", data)
+    return root

@@ -1,0 +1,28 @@
+"""The train flow holds a slot of the global concurrency limit 'gpu'."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.train import GPU_LIMIT, train_flow
+from tests.conftest import write_folder_dataset
+
+pytestmark = pytest.mark.integration
+
+
+def test_train_flow_runs_under_the_gpu_limit(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.testing.utilities import prefect_test_harness
+
+    data = write_folder_dataset(tmp_path / "data", tiles=4)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        f"data: {data}\nmodel: fc_ef\nmodalities: {{A: optical, B: optical}}\nepochs: 1\nbatch_size: 2\nworkers: 0\n"
+    )
+    with prefect_test_harness(server_startup_timeout=120):
+        result = train_flow(str(config), str(tmp_path / "run"), device="cpu")
+        with get_client(sync_client=True) as client:
+            limit = client.read_global_concurrency_limit_by_name(GPU_LIMIT)
+    assert limit.limit == 1 and limit.active_slots == 0  # held during training, released after
+    assert set(result["test"]) == {"precision", "recall", "f1", "iou", "oa", "kappa"}
+    assert (tmp_path / "run" / "best.pt").exists()
