@@ -272,7 +272,7 @@ def to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geoms, lambda xy: xy @ matrix + (c, f))
 
 
-def _check_same_grid(first: rasterio.io.DatasetReader, second: rasterio.io.DatasetReader) -> None:
+def check_same_grid(first: rasterio.io.DatasetReader, second: rasterio.io.DatasetReader) -> None:
     if (first.width, first.height) != (second.width, second.height):
         raise InputError(second.name, f"size {second.width}×{second.height} differs from {first.name} ({first.width}×{first.height})")
     if not first.transform.almost_equals(second.transform) or first.crs != second.crs:
@@ -301,7 +301,7 @@ def polygonize(
         cls_ds = None if threshold is not None else base
         with (open_raster(probability) if probability is not None else _null()) as prob_ds:
             if prob_ds is not None and threshold is None:
-                _check_same_grid(base, prob_ds)
+                check_same_grid(base, prob_ds)
             pieces = _Pieces()
             margin = sieve_px + 1 if sieve_px > 1 else 0
             for row_off in range(0, height, block_size):
