@@ -1,0 +1,752 @@
+"""Detection: streamed sliding-window inference over a whole co-registered scene group.
+
+What it does (anchors §6, nnU-Net's recipe):
+
+- windows of the model's tile size, ``overlap`` apart (50 % by default), spread evenly so that the last
+  window sits flush with the image edge (no padding);
+- each window's change probability (softmax, optionally averaged over flips) is blended with a
+  Gaussian importance map (σ = size/8, normalised to a maximum of 1, zero weights raised to the
+  smallest non-zero one) or a uniform one; the weight is 0 wherever any input is nodata, so such
+  pixels end as nodata;
+- the outputs are a probability COG (uint8 0–254 with 255 = nodata, or float32 with NaN) and a class
+  COG (0 no change, 1 change, 255 nodata), with overviews, the group's georeferencing and provenance.
+
+Streaming and bounded memory
+----------------------------
+The scene is cut into output blocks of ``block_size`` px, processed in row-major order. Every window
+is computed exactly once, by the block holding its top-left pixel (its *owner*). The owner keeps an
+accumulator (weighted probability sum, weight sum) over its block plus one window of margin to the
+right and below. When its windows are done:
+
+- the block's own pixels are complete, because windows of blocks further on in row-major order do
+  not reach back into it (``block_size >= window``); they are finalised and recorded;
+- the margin is handed on as two *carries*: ``right`` (the strip over the next block in the row)
+  and ``bottom`` (the strip over the blocks below, corner included).
+
+Live memory is one accumulator of (block + window)² × 2 float32 plus the bottom carries of one
+block row (≈ scene width × window × 8 bytes), whatever the scene height; inputs are read window by
+window. Reading and normalising run in background threads (one rasterio dataset per thread) a few
+batches ahead of the model.
+
+Resume
+------
+``out_dir/.detect-partial/`` holds, per finished block, its outputs (``blocks/r{i}_c{j}.npz``) and
+its carries (``carries/*.npy``), each written to a temporary name and renamed, then the block id is
+appended to ``journal.json`` (also replaced atomically). A killed run restarts at the first block
+not in the journal, taking the carries of finished blocks from disk: the accumulation is the same
+sum in the same order, so the rasters are byte-identical to an uninterrupted run and finished blocks
+are never recomputed. The journal carries a fingerprint of the checkpoint, the inputs and the
+output-affecting settings; a mismatch discards the partial work. When every block is done the
+staged blocks are written to tiled GTiffs, converted to COGs and renamed into ``out_dir``, and the
+partial folder is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+from torch import nn
+
+import models
+from pipeline.checkpoint import file_sha256, load_checkpoint
+from pipeline.config import TilingConfig
+from pipeline.errors import ChangeflowError, GroupError, InputError
+from pipeline.normalization import BandStats, normalize
+from pipeline.raster_io import is_integer, read_window
+
+PROBABILITY_FILE = "change_probability.tif"
+CLASS_FILE = "change_class.tif"
+PARTIAL_DIR = ".detect-partial"
+JOURNAL = "journal.json"
+DEFAULT_WINDOW = 512
+NODATA_U8 = 255
+PROBABILITY_SCALE = 254  # uint8 probability: round(p × 254); 255 is nodata
+COG_BLOCK = 512
+READ_THREADS = 2
+
+Weighting = Literal["gaussian", "uniform"]
+ProbabilityDtype = Literal["uint8", "float32"]
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """Where the rasters are and what the call did.
+
+    ``blocks_done`` blocks were computed by this call, ``blocks_resumed`` came from an interrupted
+    earlier run (or all of them when the outputs were already up to date).
+    """
+
+    probability: Path
+    classes: Path
+    blocks_done: int
+    blocks_total: int
+    seconds: float
+    megapixels: float
+    blocks_resumed: int = 0
+    run_id: str = ""
+
+
+# --------------------------------------------------------------------------- windows and weights
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Window offsets along one axis, nnU-Net style: evenly spread, the last flush with the edge."""
+    if window >= size:
+        return [0]
+    target_step = window * (1.0 - overlap)
+    count = math.ceil((size - window) / target_step) + 1
+    step = (size - window) / (count - 1)
+    return [int(round(step * i)) for i in range(count)]
+
+
+def importance_map(height: int, width: int, weighting: Weighting = "gaussian") -> np.ndarray:
+    """Blending weights of one window: a Gaussian (σ = size/8, max 1) with a floor, or ones.
+
+    As in nnU-Net, weights that underflow to 0 are raised to the smallest non-zero weight, so every
+    pixel a window covers has a positive weight (no division by zero where only window corners
+    reach). The Gaussian is centred between the two middle pixels, so it is flip-symmetric.
+    """
+    if weighting == "uniform":
+        return np.ones((height, width), np.float32)
+    if weighting != "gaussian":
+        raise ValueError(f"weighting must be 'gaussian' or 'uniform', not {weighting!r}")
+
+    def axis(n: int) -> np.ndarray:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        sigma = max(n / 8.0, 1e-6)
+        return np.exp(-0.5 * (x / sigma) ** 2)
+
+    gauss = np.outer(axis(height), axis(width))
+    gauss = (gauss / gauss.max()).astype(np.float32)
+    zero = gauss == 0
+    if zero.any():
+        gauss[zero] = gauss[~zero].min()
+    return gauss
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Blocks and windows of one scene."""
+
+    height: int
+    width: int
+    block: int
+    window: tuple[int, int]  # (rows, cols) of every window
+    owned: dict[tuple[int, int], list[tuple[int, int]]]  # block -> window offsets (row, col), row-major
+
+    @property
+    def block_rows(self) -> int:
+        return math.ceil(self.height / self.block)
+
+    @property
+    def block_cols(self) -> int:
+        return math.ceil(self.width / self.block)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        return [(i, j) for i in range(self.block_rows) for j in range(self.block_cols)]
+
+    def core(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """(row0, col0, row1, col1) of block (i, j)."""
+        b = self.block
+        return i * b, j * b, min(self.height, (i + 1) * b), min(self.width, (j + 1) * b)
+
+    def extended(self, i: int, j: int) -> tuple[int, int, int, int]:
+        """The block plus the margin its windows reach into (right and below)."""
+        b, (wh, ww) = self.block, self.window
+        return i * b, j * b, min(self.height, (i + 1) * b + wh), min(self.width, (j + 1) * b + ww)
+
+
+def plan(height: int, width: int, window: int, overlap: float, block: int) -> _Layout:
+    shape = (min(window, height), min(window, width))
+    if block < max(shape):
+        raise ValueError(f"block_size ({block}) must be at least the window ({max(shape)})")
+    owned: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for row in window_starts(height, shape[0], overlap):
+        for col in window_starts(width, shape[1], overlap):
+            owned.setdefault((row // block, col // block), []).append((row, col))
+    return _Layout(height, width, block, shape, owned)
+
+
+# --------------------------------------------------------------------------- inputs and checks
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    group: str
+    paths: dict[str, Path]  # role -> grid raster, in forward order
+    black_values: dict[str, float | None]
+    crs: Any
+    transform: Any
+    height: int
+    width: int
+
+
+def _manifest(group_dir: Path) -> dict:
+    path = group_dir / "manifest.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _missing_role(group_dir: Path, role: str) -> GroupError:
+    records = [r for r in _manifest(group_dir).get("coregistration", []) if r.get("role") == role]
+    refused = [r for r in records if not r.get("accepted", True)]
+    if refused:
+        reason = "; ".join(f"{r.get('image')}: {r.get('reason')}" for r in refused)
+        return GroupError(group_dir.name, f"has no {role} image (it failed co-registration: {reason})")
+    return GroupError(
+        group_dir.name,
+        f"has no {role} image ({group_dir / 'grid' / f'{role}.tif'} is missing; "
+        "the group has no such scene or it failed co-registration)",
+    )
+
+
+def _check_inputs(group_dir: Path, checkpoint_path: Path, checkpoint: dict) -> _Inputs:
+    """The group's grid rasters for the checkpoint's inputs, checked against its band layout."""
+    for key in ("bands", "inputs"):
+        if key not in checkpoint:
+            raise InputError(checkpoint_path, f"not an inference-ready checkpoint (missing '{key}')")
+    roles = list(checkpoint["inputs"])
+    if len(roles) != 2:
+        raise InputError(checkpoint_path, f"expects two inputs (t1, t2), lists {roles}")
+    group = group_dir.name
+    if not group_dir.is_dir():
+        raise InputError(group_dir, "group folder not found")
+    black = TilingConfig().black_value
+    paths, black_values, reference = {}, {}, None
+    for role in roles:
+        path = group_dir / "grid" / f"{role}.tif"
+        if not path.exists():
+            raise _missing_role(group_dir, role)
+        expected = checkpoint["bands"].get(role)
+        if role not in checkpoint["normalization"]:
+            raise InputError(checkpoint_path, f"has no normalization statistics for input {role}")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(path) as dataset:
+                    grid = (dataset.crs, dataset.transform, dataset.height, dataset.width)
+                    count, dtype = dataset.count, dataset.dtypes[0]
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(path, f"not a readable raster ({exc})") from None
+        if expected is not None and count != expected:
+            raise InputError(
+                path,
+                f"has {count} band(s) but checkpoint {checkpoint_path.name} was trained on {expected}-band "
+                f"{role} images (band layout {dict(checkpoint['bands'])})",
+            )
+        if reference is None:
+            reference = grid
+        elif grid != reference:
+            raise GroupError(group, f"{path.name} is not on the grid of {roles[0]}.tif (CRS, transform or size differ)")
+        paths[role] = path
+        black_values[role] = black if is_integer(dtype) else None
+    crs, transform, height, width = reference
+    return _Inputs(group, paths, black_values, crs, transform, height, width)
+
+
+def _build_model(checkpoint_path: Path, checkpoint: dict, device: torch.device) -> nn.Module:
+    name = checkpoint["model_name"]
+    try:
+        model = models.build(name, **checkpoint["model_options"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(checkpoint_path, f"cannot rebuild model '{name}': {exc}") from None
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise InputError(checkpoint_path, f"weights do not fit model '{name}': {exc}") from None
+    return model.to(device).eval()
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise ChangeflowError(f"device '{choice}' requested but no CUDA device is available")
+    return torch.device(choice)
+
+
+def default_window(checkpoint: dict) -> int:
+    """The training tile size: the checkpoint's crop, else the tiling default (512)."""
+    config = checkpoint.get("config") or {}
+    return int(config.get("crop") or checkpoint.get("tile_size") or DEFAULT_WINDOW)
+
+
+# --------------------------------------------------------------------------- reading (background threads)
+
+
+class _WindowReader:
+    """Reads and normalises batches of windows; each thread opens its own datasets."""
+
+    def __init__(self, inputs: _Inputs, stats: dict[str, BandStats], shape: tuple[int, int], pin: bool) -> None:
+        self.inputs = inputs
+        self.stats = stats
+        self.shape = shape
+        self.pin = pin
+        self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _datasets(self) -> dict[str, Any]:
+        datasets = getattr(self._local, "datasets", None)
+        if datasets is None:
+            datasets = {role: rasterio.open(path) for role, path in self.inputs.paths.items()}
+            self._local.datasets = datasets
+            with self._lock:
+                self._opened.extend(datasets.values())
+        return datasets
+
+    def read(self, offsets: list[tuple[int, int]]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Normalised float32 tensors per role (N, C, h, w) and the joint valid mask (N, h, w)."""
+        datasets = self._datasets()
+        h, w = self.shape
+        arrays: dict[str, list[np.ndarray]] = {role: [] for role in datasets}
+        valids = np.ones((len(offsets), h, w), bool)
+        for k, (row, col) in enumerate(offsets):
+            for role, dataset in datasets.items():
+                data, valid = read_window(dataset, Window(col, row, w, h), black_value=self.inputs.black_values[role])
+                arrays[role].append(normalize(data, valid, self.stats[role]))
+                valids[k] &= valid
+        tensors = [torch.from_numpy(np.stack(arrays[role])) for role in datasets]
+        mask = torch.from_numpy(valids)
+        if self.pin:
+            tensors, mask = [t.pin_memory() for t in tensors], mask.pin_memory()
+        return tensors, mask
+
+    def close(self) -> None:
+        with self._lock:
+            for dataset in self._opened:
+                dataset.close()
+            self._opened.clear()
+
+
+def _prefetched(executor: ThreadPoolExecutor, read: Callable, jobs: Iterable, depth: int) -> Iterator:
+    """Results of ``read(job)`` in order, with up to ``depth`` jobs running ahead."""
+    pending: deque = deque()
+    iterator = iter(jobs)
+    try:
+        for job in iterator:
+            pending.append(executor.submit(read, job))
+            if len(pending) >= depth:
+                break
+        while pending:
+            future = pending.popleft()
+            job = next(iterator, None)
+            if job is not None:
+                pending.append(executor.submit(read, job))
+            yield future.result()
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _predict(model: nn.Module, t1: torch.Tensor, t2: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Change probability (N, h, w), averaged over the identity and h / v / hv flips with TTA."""
+    flips: list[tuple[int, ...]] = [()] + ([(-1,), (-2,), (-2, -1)] if tta else [])
+    total = None
+    for dims in flips:
+        a, b = (t1.flip(dims), t2.flip(dims)) if dims else (t1, t2)
+        logits = model(a, b)["logits"].float()
+        if logits.shape[1] != 2:
+            raise ChangeflowError(f"model returns {logits.shape[1]} classes; detection handles binary change (2)")
+        p = torch.softmax(logits, dim=1)[:, 1]
+        p = p.flip(dims) if dims else p
+        total = p if total is None else total + p
+    return total / len(flips)
+
+
+# --------------------------------------------------------------------------- staging and journal
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, mode) as handle:
+        write(handle)
+    os.replace(partial, path)
+
+
+class _Staging:
+    """``.detect-partial/``: finished blocks, their carries and the journal."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blocks = root / "blocks"
+        self.carries = root / "carries"
+
+    def open(self, fingerprint: str, run_id: str | None, order: list[str]) -> tuple[list[str], str]:
+        """Finished block ids (a prefix of ``order``) and the run id.
+
+        A journal of other inputs or settings, or an unreadable one, restarts from scratch; a run id
+        given by the caller replaces the journal's, otherwise the interrupted run's id is kept.
+        """
+        journal = self._journal()
+        if journal is not None and journal.get("fingerprint") == fingerprint and journal.get("blocks") == order:
+            done: list[str] = []
+            for expected, recorded in zip(order, journal.get("done", [])):
+                if expected != recorded or not (self.blocks / f"{recorded}.npz").exists():
+                    break
+                done.append(recorded)
+            self.state = {**journal, "done": done, "run_id": run_id or journal["run_id"]}
+            self._write_journal()
+            return list(done), self.state["run_id"]
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.blocks.mkdir(parents=True)
+        self.carries.mkdir()
+        run_id = run_id or new_run_id()
+        self.state = {"fingerprint": fingerprint, "run_id": run_id, "blocks": order, "done": []}
+        self._write_journal()
+        return [], run_id
+
+    def _journal(self) -> dict | None:
+        try:
+            return json.loads((self.root / JOURNAL).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _write_journal(self) -> None:
+        _atomic_write(self.root / JOURNAL, lambda h: h.write(json.dumps(self.state, indent=1)), "w")
+
+    def carry_path(self, kind: str, block_id: str) -> Path:
+        return self.carries / f"{block_id}.{kind}.npy"
+
+    def save_carry(self, kind: str, block_id: str, array: np.ndarray) -> None:
+        _atomic_write(self.carry_path(kind, block_id), lambda h: np.save(h, array))
+
+    def load_carry(self, kind: str, block_id: str) -> np.ndarray | None:
+        path = self.carry_path(kind, block_id)
+        return np.load(path) if path.exists() else None
+
+    def drop_carry(self, kind: str, block_id: str) -> None:
+        self.carry_path(kind, block_id).unlink(missing_ok=True)
+
+    def finish_block(self, block_id: str, probability: np.ndarray, classes: np.ndarray) -> None:
+        _atomic_write(self.blocks / f"{block_id}.npz", lambda h: np.savez(h, probability=probability, classes=classes))
+        self.state["done"].append(block_id)
+        self._write_journal()
+
+    def block(self, block_id: str) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self.blocks / f"{block_id}.npz") as data:
+            return data["probability"], data["classes"]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+
+
+def _block_id(i: int, j: int) -> str:
+    return f"r{i}_c{j}"
+
+
+# --------------------------------------------------------------------------- COG writing
+
+
+def overview_count(height: int, width: int, smallest: int = 256) -> int:
+    """Overview levels until the largest side is at most ``smallest`` px (at least one level)."""
+    size, levels = max(height, width), 0
+    while size > smallest:
+        size, levels = math.ceil(size / 2), levels + 1
+    return max(levels, 1 if max(height, width) >= 2 else 0)
+
+
+def write_cog_from_blocks(
+    destination: Path,
+    profile: dict[str, Any],
+    blocks: Iterable[tuple[Window, np.ndarray]],
+    *,
+    staging: Path,
+    categorical: bool,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write (window, (bands, h, w) array) blocks to a tiled GTiff, then to a COG, atomically.
+
+    The COG driver only copies, so blocks go to ``staging`` (deflate level 1) first; the COG gets
+    deflate, a predictor for continuous data (floating-point for floats), internal 512 px tiles,
+    overviews (nearest for categorical data, average otherwise), and is renamed into place.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    gtiff = {
+        **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
+    }
+    floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
+    predictor = "no" if categorical else ("floating_point" if floating else "standard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(staging, "w", **gtiff) as dst:
+            for window, array in blocks:
+                dst.write(array, window=window)
+            if tags:
+                dst.update_tags(**tags)
+        rasterio.shutil.copy(
+            staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
+            blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
+            overview_count=overview_count(profile["height"], profile["width"]),
+            num_threads="ALL_CPUS", bigtiff="if_safer",
+        )
+    staging.unlink()
+    os.replace(partial, destination)
+    return destination
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _fingerprint(checkpoint_sha: str, inputs: _Inputs, settings: dict[str, Any]) -> str:
+    files = {role: [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for role, p in inputs.paths.items()}
+    text = json.dumps({"checkpoint": checkpoint_sha, "inputs": files, "settings": settings}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _default_provenance(group_dir: Path) -> dict[str, str]:
+    """Scene ids per role from the group's prepare manifest, when it has them."""
+    out: dict[str, str] = {}
+    for record in _manifest(group_dir).get("coregistration", []):
+        if record.get("reference"):
+            out.setdefault("A_scene_id", str(record["reference"]))
+        if record.get("accepted") and record.get("role") and record.get("image"):
+            out[f"{record['role']}_scene_id"] = str(record["image"])
+    return out
+
+
+def _outputs_current(out_dir: Path, fingerprint: str) -> bool:
+    try:
+        with rasterio.open(out_dir / PROBABILITY_FILE) as p, rasterio.open(out_dir / CLASS_FILE) as c:
+            return p.tags().get("DETECT_FINGERPRINT") == fingerprint == c.tags().get("DETECT_FINGERPRINT")
+    except rasterio.errors.RasterioIOError:
+        return False
+
+
+def _add_piece(acc: torch.Tensor, origin: tuple[int, int], limit: tuple[int, int, int, int],
+               piece: np.ndarray | torch.Tensor | None, piece_origin: tuple[int, int]) -> None:
+    """acc[rect ∩ limit] += piece[rect ∩ limit], rectangles in scene coordinates."""
+    if piece is None:
+        return
+    if isinstance(piece, np.ndarray):
+        piece = torch.from_numpy(piece).to(acc.device)
+    r0 = max(limit[0], piece_origin[0])
+    c0 = max(limit[1], piece_origin[1])
+    r1 = min(limit[2], piece_origin[0] + piece.shape[1])
+    c1 = min(limit[3], piece_origin[1] + piece.shape[2])
+    if r1 <= r0 or c1 <= c0:
+        return
+    acc[:, r0 - origin[0]:r1 - origin[0], c0 - origin[1]:c1 - origin[1]] += piece[
+        :, r0 - piece_origin[0]:r1 - piece_origin[0], c0 - piece_origin[1]:c1 - piece_origin[1]
+    ]
+
+
+def _finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weighted sum, weight) → probability in the output encoding and classes; weight 0 → nodata."""
+    weighted, weight = core[0], core[1]
+    valid = weight > 0
+    p = torch.where(valid, weighted / torch.where(valid, weight, torch.ones_like(weight)), torch.zeros_like(weight))
+    p = p.clamp(0.0, 1.0)
+    if dtype == "uint8":
+        q = torch.floor(p * PROBABILITY_SCALE + 0.5).to(torch.uint8)
+        probability = torch.where(valid, q, torch.full_like(q, NODATA_U8))
+    else:
+        probability = torch.where(valid, p, torch.full_like(p, float("nan")))
+    classes = torch.where(valid, (p > threshold).to(torch.uint8), torch.full_like(valid, NODATA_U8, dtype=torch.uint8))
+    return probability.cpu().numpy()[None], classes.cpu().numpy()[None]
+
+
+def detect_group(
+    group_dir: Path,
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    window: int | None = None,
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    tta: bool = False,
+    device: str = "auto",
+    block_size: int = 2048,
+    probability_dtype: ProbabilityDtype = "uint8",
+    threshold: float = 0.5,
+    weighting: Weighting = "gaussian",
+    run_id: str | None = None,
+    provenance: dict[str, str] | None = None,
+    progress: Progress | None = None,
+) -> DetectionResult:
+    """Sliding-window change detection over the grid rasters of ``group_dir`` into ``out_dir``.
+
+    ``group_dir`` is a prepare output ``OUT/groups/{group}`` (``grid/{A,B,C}.tif``); the checkpoint
+    names the two inputs (e.g. A and B). ``window`` defaults to the training tile size; ``overlap``
+    is the fraction two neighbouring windows share; the class map is ``probability > threshold``.
+    ``progress(description, blocks_finished, blocks_total)`` is called after each recorded block.
+    Every input problem raises before inference: InputError naming the file, GroupError naming the group.
+    """
+    started = time.perf_counter()
+    group_dir, checkpoint, out_dir = Path(group_dir), Path(checkpoint), Path(out_dir)
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), not {overlap}")
+    if probability_dtype not in ("uint8", "float32"):
+        raise ValueError(f"probability_dtype must be 'uint8' or 'float32', not {probability_dtype!r}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    importance_map(1, 1, weighting)  # validates the name
+
+    payload = load_checkpoint(checkpoint)
+    inputs = _check_inputs(group_dir, checkpoint, payload)
+    stats = {role: BandStats.from_dict(payload["normalization"][role]) for role in inputs.paths}
+    torch_device = resolve_device(device)
+    model = _build_model(checkpoint, payload, torch_device)
+    window = int(window or default_window(payload))
+    if window < 1:
+        raise ValueError(f"window must be positive, not {window}")
+    layout = plan(inputs.height, inputs.width, window, overlap, block_size)
+    checkpoint_sha = file_sha256(checkpoint)
+    settings = {
+        "window": list(layout.window), "overlap": overlap, "weighting": weighting, "tta": tta,
+        "block_size": block_size, "probability_dtype": probability_dtype, "threshold": threshold,
+        "inputs": list(inputs.paths),
+    }
+    fingerprint = _fingerprint(checkpoint_sha, inputs, settings)
+    blocks = layout.blocks()
+    megapixels = inputs.height * inputs.width / 1e6
+    probability_path, class_path = out_dir / PROBABILITY_FILE, out_dir / CLASS_FILE
+    staging = _Staging(out_dir / PARTIAL_DIR)
+    description = f"detect {inputs.group}"
+
+    if not staging.root.exists() and _outputs_current(out_dir, fingerprint):
+        with rasterio.open(probability_path) as existing:
+            previous = existing.tags().get("RUN_ID", "")
+        return DetectionResult(probability_path, class_path, 0, len(blocks),
+                               time.perf_counter() - started, megapixels, len(blocks), previous)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, run_id = staging.open(fingerprint, run_id, [_block_id(i, j) for i, j in blocks])
+    todo = blocks[len(done):]
+    if progress is not None:
+        progress(description, len(done), len(blocks))
+
+    weights = torch.from_numpy(importance_map(*layout.window, weighting)).to(torch_device)
+    carries: dict[tuple[str, str], np.ndarray | None] = {}
+
+    def carry(kind: str, i: int, j: int) -> np.ndarray | None:
+        if i < 0 or j < 0:
+            return None
+        key = (kind, _block_id(i, j))
+        if key not in carries:
+            carries[key] = staging.load_carry(kind, key[1])
+        return carries[key]
+
+    def forget(kind: str, i: int, j: int) -> None:
+        if i >= 0 and j >= 0:
+            carries.pop((kind, _block_id(i, j)), None)
+            staging.drop_carry(kind, _block_id(i, j))
+
+    jobs = [(block, offsets[k:k + batch_size]) for block in todo
+            for offsets in [layout.owned.get(block, [])] for k in range(0, len(offsets), batch_size)]
+    reader = _WindowReader(inputs, stats, layout.window, pin=torch_device.type == "cuda")
+    executor = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="detect-read")
+    batches = _prefetched(executor, lambda job: (job[1], reader.read(job[1])), jobs, depth=READ_THREADS + 2)
+    b, (wh, ww) = layout.block, layout.window
+    try:
+        with torch.inference_mode():
+            for i, j in todo:
+                ext = layout.extended(i, j)
+                core = layout.core(i, j)
+                origin = (ext[0], ext[1])
+                acc = torch.zeros((2, ext[2] - ext[0], ext[3] - ext[1]), dtype=torch.float32, device=torch_device)
+                # Contributions of earlier blocks' windows, always in this order.
+                _add_piece(acc, origin, core, carry("right", i, j - 1), (i * b, j * b))
+                _add_piece(acc, origin, core, carry("bottom", i - 1, j - 1), (i * b, (j - 1) * b))
+                _add_piece(acc, origin, core, carry("bottom", i - 1, j), (i * b, j * b))
+                owned = layout.owned.get((i, j), [])
+                for _ in range(0, len(owned), batch_size):
+                    offsets, (tensors, mask) = next(batches)
+                    keep = mask.flatten(1).any(dim=1)
+                    if not bool(keep.any()):
+                        continue  # every window of the batch is nodata everywhere
+                    if not bool(keep.all()):
+                        tensors, mask = [t[keep] for t in tensors], mask[keep]
+                        offsets = [o for o, k in zip(offsets, keep.tolist()) if k]
+                    t1, t2 = (t.to(torch_device, non_blocking=True) for t in tensors)
+                    mask = mask.to(torch_device, non_blocking=True)
+                    p = _predict(model, t1, t2, tta)
+                    w = weights * mask
+                    for k, (row, col) in enumerate(offsets):
+                        r, c = row - origin[0], col - origin[1]
+                        acc[0, r:r + wh, c:c + ww] += w[k] * p[k]
+                        acc[1, r:r + wh, c:c + ww] += w[k]
+                block_id = _block_id(i, j)
+                split_r, split_c = core[2] - origin[0], core[3] - origin[1]
+                right = acc[:, :split_r, split_c:]
+                bottom = acc[:, split_r:, :]
+                if right.shape[2]:
+                    carries[("right", block_id)] = right.cpu().numpy()
+                    staging.save_carry("right", block_id, carries[("right", block_id)])
+                if bottom.shape[1]:
+                    carries[("bottom", block_id)] = bottom.cpu().numpy()
+                    staging.save_carry("bottom", block_id, carries[("bottom", block_id)])
+                probability, classes = _finalise(acc[:, :split_r, :split_c], probability_dtype, threshold)
+                staging.finish_block(block_id, probability, classes)
+                forget("right", i, j - 1)
+                forget("bottom", i - 1, j - 1)
+                if j == layout.block_cols - 1:
+                    forget("bottom", i - 1, j)
+                if progress is not None:
+                    progress(description, len(staging.state["done"]), len(blocks))
+    finally:
+        batches.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+        reader.close()
+
+    tags = {
+        **(provenance if provenance is not None else _default_provenance(group_dir)),
+        "GROUP": inputs.group,
+        "MODEL": payload["model_name"],
+        "CHECKPOINT": checkpoint.name,
+        "CHECKPOINT_SHA256": checkpoint_sha,
+        "CHECKPOINT_EPOCH": str(payload.get("epoch", "")),
+        "RUN_ID": run_id,
+        "DETECT_SETTINGS": json.dumps({**settings, "batch_size": batch_size, "device": torch_device.type}, sort_keys=True),
+        "DETECT_FINGERPRINT": fingerprint,
+    }
+    base = {"width": inputs.width, "height": inputs.height, "count": 1, "crs": inputs.crs, "transform": inputs.transform}
+
+    def staged(index: int) -> Iterator[tuple[Window, np.ndarray]]:
+        for i, j in blocks:
+            r0, c0, r1, c1 = layout.core(i, j)
+            yield Window(c0, r0, c1 - c0, r1 - r0), staging.block(_block_id(i, j))[index]
+
+    probability_profile = {
+        **base, "dtype": probability_dtype,
+        "nodata": NODATA_U8 if probability_dtype == "uint8" else float("nan"),
+    }
+    scale = "probability × 254 (255 = nodata)" if probability_dtype == "uint8" else "probability (NaN = nodata)"
+    write_cog_from_blocks(probability_path, probability_profile, staged(0), staging=staging.root / "probability.tif",
+                          categorical=False, tags={**tags, "VALUES": f"change {scale}"})
+    write_cog_from_blocks(class_path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged(1),
+                          staging=staging.root / "classes.tif", categorical=True,
+                          tags={**tags, "VALUES": f"0 no change, 1 change (probability > {threshold}), 255 nodata"})
+    shutil.rmtree(staging.root, ignore_errors=True)
+    return DetectionResult(probability_path, class_path, len(todo), len(blocks),
+                           time.perf_counter() - started, megapixels, len(done), run_id)
