@@ -1,7 +1,8 @@
 """Evaluation against a label raster: pixel metrics, object metrics and a run report.
 
-**Pixel metrics** (``pixel_metrics``) are streamed block by block through torchmetrics
-(``pipeline.metrics.change_metrics``) on the change class: a predicted class > 0 is change.
+**Pixel metrics** (``pixel_metrics``) are streamed block by block on the change class (a
+predicted class > 0 is change): each block adds to the confusion counts, and torchmetrics
+(``pipeline.metrics.change_metrics``) computes the metrics from them.
 Label 255 is ignored. Prediction nodata (255 or the raster's mask) is *excluded* too, and reported:
 ``pred_nodata`` pixels and ``pred_nodata_fraction`` of the labelled pixels, so a map that covers
 only part of the label cannot hide it. With no positive pixel in either map, precision, recall, F1
@@ -69,13 +70,37 @@ CLASS_COLOURS = np.array(
 # Pixel metrics
 
 
+def _metrics_from_counts(tn: int, fp: int, fn: int, tp: int) -> dict[str, float]:
+    """torchmetrics' change metrics from accumulated confusion counts.
+
+    The metrics of ``change_metrics`` depend on the pixels only through the confusion counts, so
+    the blocks are counted with numpy and the counts are handed to each metric as its state
+    (``Metric.merge_state``): the same numbers as updating with every pixel (checked in the tests),
+    about fifty times faster than torchmetrics' per-pixel update with its input validation.
+    """
+    collection = change_metrics("cpu")
+    counts = {"tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    for name, metric in collection.items(keep_base=True):
+        state = metric.metric_state
+        if {"tp", "fp", "tn", "fn"} <= set(state):
+            incoming = {k: torch.tensor(v, dtype=state[k].dtype) for k, v in counts.items()}
+        elif "confmat" in state:
+            incoming = {"confmat": torch.tensor([[tn, fp], [fn, tp]], dtype=state["confmat"].dtype)}
+        else:  # a torchmetrics release with other state names
+            raise RuntimeError(f"metric '{name}' has states {sorted(state)}, expected confusion counts")
+        metric.merge_state(incoming)
+    with warnings.catch_warnings():
+        # The states came from merge_state, not update: not the error this warning is about.
+        warnings.filterwarnings("ignore", message=".*was called before the ``update``")
+        return as_floats(collection.compute())
+
+
 def pixel_metrics(classes: Path, label: Path, *, block_size: int = 2048) -> dict[str, float]:
     """P, R, F1, IoU, OA and kappa of the change class, streamed by blocks, plus the confusion counts.
 
     Returns precision, recall, f1, iou, oa, kappa (floats) and tp, fp, fn, tn, pixels (evaluated),
     ignored (label 255), pred_nodata (labelled but no prediction) and pred_nodata_fraction.
     """
-    collection = change_metrics("cpu")
     counts = np.zeros(4, dtype=np.int64)  # tn, fp, fn, tp
     ignored = pred_nodata = 0
     with open_raster(classes) as pred_ds, open_raster(label) as label_ds:
@@ -93,18 +118,11 @@ def pixel_metrics(classes: Path, label: Path, *, block_size: int = 2048) -> dict
                 used = labelled & pred_valid
                 ignored += int(truth.size - labelled.sum())
                 pred_nodata += int((labelled & ~pred_valid).sum())
-                if not used.any():
-                    continue
-                p = (pred[used] > 0).astype(np.int64)
-                t = (truth[used] > 0).astype(np.int64)
-                counts += np.bincount(2 * t + p, minlength=4)
-                collection.update(torch.from_numpy(p), torch.from_numpy(t))
+                code = 2 * (truth > 0).astype(np.uint8) + (pred > 0)
+                counts += np.bincount(code[used], minlength=4)
     tn, fp, fn, tp = (int(c) for c in counts)
     evaluated = tn + fp + fn + tp
-    if evaluated:
-        values = as_floats(collection.compute())
-    else:
-        values = {name: math.nan for name in METRICS}
+    values = _metrics_from_counts(tn, fp, fn, tp) if evaluated else {name: math.nan for name in METRICS}
     labelled_total = evaluated + pred_nodata
     return {
         **{name: values[name] for name in METRICS},

@@ -176,3 +176,20 @@ def test_quicklook_is_downsampled_to_2048_px(tmp_path):
     md, js = write_report(tmp_path / "plain", metrics={"f1": float("nan")}, timings={"x": 1.0}, config={})
     assert json.loads(js.read_text())["metrics"] == {"f1": None}
     assert not (tmp_path / "plain" / "quicklook.png").exists() and "## Metrics" in md.read_text()
+
+
+def test_metrics_from_counts_equal_a_per_pixel_torchmetrics_update(tmp_path):
+    import torch
+
+    from pipeline.metrics import as_floats, change_metrics
+
+    rng = np.random.default_rng(4)
+    truth = (rng.random((64, 64)) < 0.2).astype(np.uint8)
+    pred = np.where(rng.random((64, 64)) < 0.7, truth, 1 - truth).astype(np.uint8)
+    truth[rng.random((64, 64)) < 0.1] = 255
+    direct = change_metrics()
+    direct.update(torch.from_numpy(pred.astype(np.int64).ravel()), torch.from_numpy(truth.astype(np.int64).ravel()))
+    expected = as_floats(direct.compute())
+    result = pixel_metrics(raster(tmp_path / "pred.tif", pred), raster(tmp_path / "label.tif", truth), block_size=20)
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, rel=1e-6), name
