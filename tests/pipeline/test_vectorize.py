@@ -214,3 +214,18 @@ def test_probability_on_another_grid_is_an_error(tmp_path):
         polygonize(cls_path, prob_path)
     with pytest.raises(InputError, match="missing.tif"):
         polygonize(tmp_path / "missing.tif", prob_path)
+
+
+def test_large_coverages_are_simplified_in_chunks_of_whole_clusters(tmp_path, monkeypatch):
+    import pipeline.vectorize as module
+
+    classes = blobs(128, seed=9, classes=2)
+    cls_path, prob_path = rasters(tmp_path, classes)
+    whole = polygonize(cls_path, prob_path, sieve_px=4, min_area_m2=0, block_size=50)
+    monkeypatch.setattr(module, "SINGLE_CALL_VERTICES", 0)
+    monkeypatch.setattr(module, "CHUNK_VERTICES", 50)
+    chunks = module._simplification_chunks(np.array(shapely.segmentize(whole.geometry.values, 2.0)), 1.0)
+    assert len(chunks) > 5 and sorted(np.concatenate(chunks)) == list(range(len(whole)))
+    chunked = polygonize(cls_path, prob_path, sieve_px=4, min_area_m2=0, block_size=50)
+    assert shapely.equals(chunked.geometry.values, whole.geometry.values).all()
+    assert shapely.coverage_is_valid(chunked.geometry.values)
