@@ -83,6 +83,10 @@ NODATA_U8 = 255
 PROBABILITY_SCALE = 254  # uint8 probability: round(p × 254); 255 is nodata
 COG_BLOCK = 512
 READ_THREADS = 2
+# GDAL's block cache defaults to 5 % of RAM and would grow with the scene; windows are read in block
+# order, so a cache of a few block rows of input tiles is all the reuse there is. A GDAL_CACHEMAX
+# set in the environment wins.
+GDAL_CACHE_MB = 128
 
 Weighting = Literal["gaussian", "uniform"]
 ProbabilityDtype = Literal["uint8", "float32"]
@@ -322,14 +326,14 @@ class _WindowReader:
         """Normalised float32 tensors per role (N, C, h, w) and the joint valid mask (N, h, w)."""
         datasets = self._datasets()
         h, w = self.shape
-        arrays: dict[str, list[np.ndarray]] = {role: [] for role in datasets}
+        arrays = {role: np.empty((len(offsets), ds.count, h, w), np.float32) for role, ds in datasets.items()}
         valids = np.ones((len(offsets), h, w), bool)
         for k, (row, col) in enumerate(offsets):
             for role, dataset in datasets.items():
                 data, valid = read_window(dataset, Window(col, row, w, h), black_value=self.inputs.black_values[role])
-                arrays[role].append(normalize(data, valid, self.stats[role]))
+                arrays[role][k] = normalize(data, valid, self.stats[role])
                 valids[k] &= valid
-        tensors = [torch.from_numpy(np.stack(arrays[role])) for role in datasets]
+        tensors = [torch.from_numpy(arrays[role]) for role in datasets]
         mask = torch.from_numpy(valids)
         if self.pin:
             tensors, mask = [t.pin_memory() for t in tensors], mask.pin_memory()
@@ -535,12 +539,16 @@ def _default_provenance(group_dir: Path) -> dict[str, str]:
     return out
 
 
-def _outputs_current(out_dir: Path, fingerprint: str) -> bool:
+def _existing_run(out_dir: Path, expected: dict[str, str]) -> str | None:
+    """The run id of finished outputs whose tags hold ``expected`` (same inputs, settings, provenance)."""
     try:
         with rasterio.open(out_dir / PROBABILITY_FILE) as p, rasterio.open(out_dir / CLASS_FILE) as c:
-            return p.tags().get("DETECT_FINGERPRINT") == fingerprint == c.tags().get("DETECT_FINGERPRINT")
+            tags = [p.tags(), c.tags()]
     except rasterio.errors.RasterioIOError:
-        return False
+        return None
+    if all(t.get(k) == v for t in tags for k, v in expected.items()):
+        return tags[0].get("RUN_ID", "")
+    return None
 
 
 def _add_piece(acc: torch.Tensor, origin: tuple[int, int], limit: tuple[int, int, int, int],
@@ -634,11 +642,21 @@ def detect_group(
     staging = _Staging(out_dir / PARTIAL_DIR)
     description = f"detect {inputs.group}"
 
-    if not staging.root.exists() and _outputs_current(out_dir, fingerprint):
-        with rasterio.open(probability_path) as existing:
-            previous = existing.tags().get("RUN_ID", "")
-        return DetectionResult(probability_path, class_path, 0, len(blocks),
-                               time.perf_counter() - started, megapixels, len(blocks), previous)
+    tags = {
+        **(provenance if provenance is not None else _default_provenance(group_dir)),
+        "GROUP": inputs.group,
+        "MODEL": payload["model_name"],
+        "CHECKPOINT": checkpoint.name,
+        "CHECKPOINT_SHA256": checkpoint_sha,
+        "CHECKPOINT_EPOCH": str(payload.get("epoch", "")),
+        "DETECT_SETTINGS": json.dumps({**settings, "batch_size": batch_size, "device": torch_device.type}, sort_keys=True),
+        "DETECT_FINGERPRINT": fingerprint,
+    }
+    if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
+        previous = _existing_run(out_dir, {**tags, **({"RUN_ID": run_id} if run_id else {})})
+        if previous is not None:
+            return DetectionResult(probability_path, class_path, 0, len(blocks),
+                                   time.perf_counter() - started, megapixels, len(blocks), previous)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done, run_id = staging.open(fingerprint, run_id, [_block_id(i, j) for i, j in blocks])
@@ -668,8 +686,9 @@ def detect_group(
     executor = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="detect-read")
     batches = _prefetched(executor, lambda job: (job[1], reader.read(job[1])), jobs, depth=READ_THREADS + 2)
     b, (wh, ww) = layout.block, layout.window
+    gdal_options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
     try:
-        with torch.inference_mode():
+        with rasterio.Env(**gdal_options), torch.inference_mode():
             for i, j in todo:
                 ext = layout.extended(i, j)
                 core = layout.core(i, j)
@@ -690,11 +709,11 @@ def detect_group(
                         offsets = [o for o, k in zip(offsets, keep.tolist()) if k]
                     t1, t2 = (t.to(torch_device, non_blocking=True) for t in tensors)
                     mask = mask.to(torch_device, non_blocking=True)
-                    p = _predict(model, t1, t2, tta)
                     w = weights * mask
+                    wp = w * _predict(model, t1, t2, tta)
                     for k, (row, col) in enumerate(offsets):
                         r, c = row - origin[0], col - origin[1]
-                        acc[0, r:r + wh, c:c + ww] += w[k] * p[k]
+                        acc[0, r:r + wh, c:c + ww] += wp[k]
                         acc[1, r:r + wh, c:c + ww] += w[k]
                 block_id = _block_id(i, j)
                 split_r, split_c = core[2] - origin[0], core[3] - origin[1]
@@ -719,17 +738,7 @@ def detect_group(
         executor.shutdown(wait=True, cancel_futures=True)
         reader.close()
 
-    tags = {
-        **(provenance if provenance is not None else _default_provenance(group_dir)),
-        "GROUP": inputs.group,
-        "MODEL": payload["model_name"],
-        "CHECKPOINT": checkpoint.name,
-        "CHECKPOINT_SHA256": checkpoint_sha,
-        "CHECKPOINT_EPOCH": str(payload.get("epoch", "")),
-        "RUN_ID": run_id,
-        "DETECT_SETTINGS": json.dumps({**settings, "batch_size": batch_size, "device": torch_device.type}, sort_keys=True),
-        "DETECT_FINGERPRINT": fingerprint,
-    }
+    tags["RUN_ID"] = run_id
     base = {"width": inputs.width, "height": inputs.height, "count": 1, "crs": inputs.crs, "transform": inputs.transform}
 
     def staged(index: int) -> Iterator[tuple[Window, np.ndarray]]:

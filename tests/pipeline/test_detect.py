@@ -256,6 +256,8 @@ def test_scene_ids_come_from_the_group_manifest_and_reruns_skip(group, tmp_path)
     again = detect_group(group, checkpoint, tmp_path / "det", **FAST)
     assert again.blocks_done == 0 and again.blocks_resumed == again.blocks_total
     assert again.run_id == first.run_id
+    renamed = detect_group(group, checkpoint, tmp_path / "det", run_id="another", **FAST)
+    assert renamed.blocks_done == renamed.blocks_total  # another run id (or provenance) is a new run
 
 
 # --------------------------------------------------------------------------- resume
@@ -337,7 +339,7 @@ def test_gaussian_weights_hide_window_borders_better_than_uniform(tmp_path, test
         measured[weighting] = _border_disagreement(probability)
     # Uniform averaging jumps where a window's weak border starts or ends; the Gaussian fades it in.
     assert measured["uniform"] > 3.0
-    assert measured["gaussian"] < 0.5 * measured["uniform"]
+    assert measured["gaussian"] < 1.0  # no more disagreement across borders than anywhere else
 
 
 # --------------------------------------------------------------------------- bad input
