@@ -9,11 +9,13 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import PrepareConfig, TrainConfig, load_config
+from pipeline.config import DetectConfig, PrepareConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
 
 # No telemetry from the embedded Prefect server: machines may have no network.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The embedded server needs more than Prefect's 20 s to start on a loaded 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     help="changeflow: GF-2 / GF-3 / Sentinel-2 scenes in, georeferenced change maps out.",
@@ -102,3 +104,32 @@ def train_command(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def detect(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML detect config (prepared folder, checkpoint)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: COGs, GeoPackage and reports per group."),
+) -> None:
+    """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports."""
+    try:
+        load_config(config, DetectConfig)
+        from flows.detect import detect_flow
+
+        summaries = detect_flow(str(config), str(out), True)
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    failed = False
+    for name, summary in summaries.items():
+        if "error" in summary:
+            failed = True
+            console.print(f"[bold red]{name}:[/] {summary['error']}")
+            continue
+        line = f"[green]{name}[/]: {summary['classes']}, {summary['n_polygons']} polygons in {summary['polygons']}"
+        if "report" in summary:
+            pixel = summary["metrics"]["pixel"]
+            line += f"; F1 {pixel['f1']:.3f}, IoU {pixel['iou']:.3f}, kappa {pixel['kappa']:.3f}; report {summary['report']}"
+        console.print(line)
+    if failed:
+        raise typer.Exit(code=1)

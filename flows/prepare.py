@@ -207,6 +207,13 @@ def _build_group(
     }
     manifest = {
         "fingerprint": fingerprint,
+        "members": {
+            role.value: {
+                "id": scene.id, "sensor": scene.sensor.value, "path": str(scene.path),
+                "date": scene.date.isoformat() if scene.date else None,
+            }
+            for role, scene in group.members.items() if role in paths
+        },
         "grid": grid_record,
         "coregistration": records,
         "tiles": [asdict(t) for t in tiles],

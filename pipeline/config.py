@@ -214,6 +214,11 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
     if isinstance(config, TrainConfig):
         return config if config.data.is_absolute() else config.model_copy(update={"data": base / config.data})
+    if isinstance(config, DetectConfig):
+        return config.model_copy(update={
+            key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
+            for key in ("prepared", "checkpoint")
+        })
     if not isinstance(config, PrepareConfig):
         return config
     scenes = [
@@ -278,3 +283,28 @@ class TrainConfig(StrictModel):
     crop: int | None = Field(default=None, ge=16)
     augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class VectorizeConfig(StrictModel):
+    sieve_px: int = Field(default=16, ge=0, description="Regions smaller than this (px) are merged away.")
+    min_area_m2: float = Field(default=50.0, ge=0)
+    simplify_px: float = Field(default=1.0, ge=0, description="Topology-preserving, in pixels.")
+
+
+class DetectConfig(StrictModel):
+    """Configuration of `changeflow detect` (and of the detect step of `changeflow run`)."""
+
+    prepared: Path = Field(description="A `changeflow prepare` output folder.")
+    checkpoint: Path
+    groups: list[str] | None = Field(default=None, description="Groups to detect; default all prepared.")
+    window: int | None = Field(default=None, ge=16, description="Default: the training tile size.")
+    overlap: float = Field(default=0.5, ge=0, lt=1)
+    weighting: Literal["gaussian", "uniform"] = "gaussian"
+    tta: bool = False
+    batch_size: int = Field(default=8, ge=1)
+    block_size: int = Field(default=2048, ge=64)
+    probability_dtype: Literal["uint8", "float32"] = "uint8"
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    vectorize: VectorizeConfig = VectorizeConfig()
+    evaluate: bool = Field(default=True, description="Score against the group's label when it has one.")
