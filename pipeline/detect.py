@@ -23,10 +23,13 @@ right and below. When its windows are done:
 - the margin is handed on as two *carries*: ``right`` (the strip over the next block in the row)
   and ``bottom`` (the strip over the blocks below, corner included).
 
-Live memory is one accumulator of (block + window)² × 2 float32 plus the bottom carries of one
-block row (≈ scene width × window × 8 bytes), whatever the scene height; inputs are read window by
-window. Reading and normalising run in background threads (one rasterio dataset per thread) a few
-batches ahead of the model.
+Live memory is one accumulator of (block + window)² × 2 float32 (52 MB at 2048 + 512), the bottom
+carries of one block row (≈ scene width × window × 8 bytes, 100 MB for 20 000 px at 512), a few
+batches of normalised windows, and GDAL's block cache, capped at ``GDAL_CACHE_MB``; it does not
+grow with the scene height. Inputs are read window by window in background threads (one rasterio
+dataset per thread) a few batches ahead of the model, so reading and normalising overlap compute.
+Staged blocks take 2 bytes per pixel on disk (5 with float32 probabilities) until the COGs are
+written.
 
 Resume
 ------
