@@ -17,8 +17,8 @@ $(BIN)/changeflow: pyproject.toml
 install: $(BIN)/changeflow
 
 demo: install
-	$(BIN)/changeflow synthetic --out $(DEMO)/scenes
-	$(BIN)/changeflow prepare --config configs/demo.yaml --out $(DEMO)/prepared
+	$(BIN)/changeflow synthetic --out $(DEMO)/scenes --size 1536
+	$(BIN)/changeflow run --config configs/demo.yaml --out $(DEMO)/run
 
 test: install
 	$(BIN)/pytest -q

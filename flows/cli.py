@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import DetectConfig, PrepareConfig, TrainConfig, load_config
+from pipeline.config import DetectConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
 
 # No telemetry from the embedded Prefect server: machines may have no network.
@@ -102,9 +102,6 @@ def train_command(
         console.print(f"[green]trained[/] {out}: best epoch {result['best_epoch']}, test {result['test']}")
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command()
 def detect(
@@ -120,6 +117,32 @@ def detect(
     except ChangeflowError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(code=2) from None
+    _print_detections(summaries)
+
+
+@app.command()
+def run(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML with prepare, train and detect sections."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: prepared/, model/, detect/."),
+) -> None:
+    """Prepare, train, detect and evaluate from one config (the end-to-end job)."""
+    try:
+        settings = load_config(config, RunConfig)
+        settings.train_config(out / "prepared")
+        settings.detect_config(out / "prepared", out / "model" / "best.pt")
+        from flows.run import run_flow
+
+        report = run_flow(str(config), str(out), True)
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["prepare"]["splits"].items())
+    console.print(f"[green]tiles[/]: {splits} ({out / 'prepared' / 'catalog.gpkg'})")
+    console.print(f"[green]model[/]: {out / 'model' / 'best.pt'} (test {report['train']['test']})")
+    _print_detections(report["detect"])
+
+
+def _print_detections(summaries: dict) -> None:
     failed = False
     for name, summary in summaries.items():
         if "error" in summary:
@@ -133,3 +156,7 @@ def detect(
         console.print(line)
     if failed:
         raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()

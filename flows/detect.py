@@ -22,7 +22,7 @@ from flows.progress import progress_bar
 from flows.train import GPU_LIMIT, ensure_gpu_limit
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import DetectConfig, load_config
-from pipeline.detect import detect_group, new_run_id
+from pipeline.detect import detect_group
 from pipeline.errors import ChangeflowError
 from pipeline.evaluate import evaluate_prediction, write_report
 from pipeline.vectorize import vectorize
@@ -56,7 +56,7 @@ def provenance(group_dir: Path, inputs: list[str]) -> dict[str, str]:
     return out
 
 
-def detect_one(group_dir: Path, config: DetectConfig, out: Path, run_id: str, show_progress: bool) -> dict:
+def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: bool) -> dict:
     """Detect, vectorise and (with a label) evaluate one group; returns its summary."""
     timings: dict[str, float] = {}
     checkpoint = load_checkpoint(config.checkpoint)
@@ -67,12 +67,14 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, run_id: str, sh
             group_dir, config.checkpoint, out, window=config.window, overlap=config.overlap,
             batch_size=config.batch_size, tta=config.tta, device=config.device, block_size=config.block_size,
             probability_dtype=config.probability_dtype, threshold=config.threshold, weighting=config.weighting,
-            run_id=run_id, provenance={key.upper(): value for key, value in tags.items()}, progress=advance,
+            provenance={key.upper(): value for key, value in tags.items()}, progress=advance,
         )
     timings["detect"] = time.perf_counter() - started
     started = time.perf_counter()
+    # The run id is detection's own: kept when an interrupted run resumes or a finished one is reused.
     attributes = {
-        **tags, "model": checkpoint["model_name"], "checkpoint_sha256": file_sha256(config.checkpoint), "run_id": run_id,
+        **tags, "model": checkpoint["model_name"], "checkpoint_sha256": file_sha256(config.checkpoint),
+        "run_id": result.run_id,
     }
     polygons = out / "changes.gpkg"
     count = vectorize(
@@ -83,7 +85,7 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, run_id: str, sh
     timings["vectorize"] = time.perf_counter() - started
     summary = {
         "group": group_dir.name, "probability": str(result.probability), "classes": str(result.classes),
-        "polygons": str(polygons), "n_polygons": count, "megapixels": result.megapixels,
+        "polygons": str(polygons), "n_polygons": count, "megapixels": result.megapixels, "run_id": result.run_id,
     }
     label = group_dir / "grid" / "label.tif"
     if config.evaluate and label.exists():
@@ -102,9 +104,9 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, run_id: str, sh
 
 
 @task(name="detect-group", cache_policy=NO_CACHE)
-def detect_group_task(group_dir: Path, config: DetectConfig, out: Path, run_id: str, show_progress: bool) -> dict:
+def detect_group_task(group_dir: Path, config: DetectConfig, out: Path, show_progress: bool) -> dict:
     try:
-        return detect_one(group_dir, config, out, run_id, show_progress)
+        return detect_one(group_dir, config, out, show_progress)
     except (ChangeflowError, ValueError) as exc:
         return {"group": group_dir.name, "error": str(exc)}
 
@@ -117,10 +119,9 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "detect_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     ensure_gpu_limit()
-    run_id = new_run_id()
     summaries = {}
     for group_dir in prepared_groups(config.prepared, config.groups):
-        summary = detect_group_task(group_dir, config, out / group_dir.name, run_id, progress)
+        summary = detect_group_task(group_dir, config, out / group_dir.name, progress)
         summaries[group_dir.name] = summary
         print(f"group {group_dir.name}: " + (summary.get("error") or f"{summary['n_polygons']} polygons"))
     (out / REPORT).write_text(json.dumps(summaries, indent=1))

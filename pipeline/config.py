@@ -207,13 +207,15 @@ def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictM
         config = model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
-    return resolve_paths(config, path.parent)
+    return resolve_paths(config, path.resolve().parent)
 
 
 def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
     if isinstance(config, TrainConfig):
         return config if config.data.is_absolute() else config.model_copy(update={"data": base / config.data})
+    if isinstance(config, RunConfig):
+        return config.model_copy(update={"prepare": resolve_paths(config.prepare, base)})
     if isinstance(config, DetectConfig):
         return config.model_copy(update={
             key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
@@ -308,3 +310,28 @@ class DetectConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vectorize: VectorizeConfig = VectorizeConfig()
     evaluate: bool = Field(default=True, description="Score against the group's label when it has one.")
+
+
+class RunConfig(StrictModel):
+    """`changeflow run`: prepare → train → detect → evaluate from one file.
+
+    ``train`` and ``detect`` take the keys of TrainConfig and DetectConfig except the paths the
+    run fills in (``data``; ``prepared`` and ``checkpoint``).
+    """
+
+    prepare: PrepareConfig
+    train: dict[str, Any] = Field(default_factory=dict)
+    detect: dict[str, Any] = Field(default_factory=dict)
+
+    def train_config(self, prepared: Path) -> TrainConfig:
+        return _section(TrainConfig, "train", {**self.train, "data": prepared})
+
+    def detect_config(self, prepared: Path, checkpoint: Path) -> DetectConfig:
+        return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, "checkpoint": checkpoint})
+
+
+def _section(model: type[StrictModel], name: str, values: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(Path(name), exc)) from None
