@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from pipeline.config import DetectConfig, PrepareConfig, RunConfig, TrainConfig, load_config
+from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
 
 # No telemetry from the embedded Prefect server: machines may have no network.
@@ -156,6 +156,41 @@ def _print_detections(summaries: dict) -> None:
         console.print(line)
     if failed:
         raise typer.Exit(code=1)
+
+
+@app.command()
+def ingest(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML ingest config (inbox, workspace, checkpoint)."),
+) -> None:
+    """One ingestion pass: claim new inbox scenes, prepare their groups, detect, archive."""
+    try:
+        load_config(config, IngestConfig).detect_config()
+        from flows.ingest import ingest_flow
+
+        report = ingest_flow(str(config.resolve()))
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    console.print(f"claimed {len(report['claimed'])} scene(s); groups {report['groups']}")
+    for name, reason in report["refused"].items():
+        console.print(f"[yellow]refused:[/] {name}: {reason}")
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML ingest config."),
+    cron: str = typer.Option("*/30 * * * *", "--cron", help="Schedule of the ingest flow."),
+    name: str = typer.Option("changeflow-ingest", "--name", help="Deployment name."),
+) -> None:
+    """Serve the ingest flow on a cron schedule (a long-running process; Ctrl-C stops it)."""
+    try:
+        load_config(config, IngestConfig).detect_config()
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    from flows.ingest import ingest_flow
+
+    ingest_flow.serve(name=name, cron=cron, parameters={"config_path": str(config.resolve())}, limit=1)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,11 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
     if isinstance(config, TrainConfig):
         return config if config.data.is_absolute() else config.model_copy(update={"data": base / config.data})
+    if isinstance(config, IngestConfig):
+        return config.model_copy(update={
+            key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
+            for key in ("inbox", "workspace", "checkpoint")
+        })
     if isinstance(config, RunConfig):
         return config.model_copy(update={"prepare": resolve_paths(config.prepare, base)})
     if isinstance(config, DetectConfig):
@@ -335,3 +340,27 @@ def _section(model: type[StrictModel], name: str, values: dict[str, Any]) -> Any
         return model.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(Path(name), exc)) from None
+
+
+class IngestConfig(StrictModel):
+    """`changeflow serve` / the ingest flow: an inbox watched on a schedule.
+
+    ``prepare`` and ``detect`` take the keys of PrepareConfig and DetectConfig except the inputs
+    the flow fills in (scenes and inbox; prepared folder and checkpoint).
+    """
+
+    inbox: Path
+    workspace: Path = Field(description="State, archive, prepared groups and detections.")
+    checkpoint: Path
+    settle_seconds: float = Field(default=60.0, ge=0, description="Files younger than this wait.")
+    prepare: dict[str, Any] = Field(default_factory=dict)
+    detect: dict[str, Any] = Field(default_factory=dict)
+
+    def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
+        return _section(PrepareConfig, "prepare", {**self.prepare, "scenes": scenes})
+
+    def detect_config(self) -> DetectConfig:
+        return _section(
+            DetectConfig, "detect",
+            {**self.detect, "prepared": self.workspace / "prepared", "checkpoint": self.checkpoint},
+        )
