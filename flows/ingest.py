@@ -18,7 +18,7 @@ from flows.detect import detect_one
 from flows.prepare import process_group
 from flows.train import ensure_gpu_limit
 from pipeline.catalog import build_catalog, scan_inbox
-from pipeline.config import IngestConfig, load_config
+from pipeline.config import IngestConfig, PrepareConfig, load_config
 from pipeline.detect import new_run_id
 from pipeline.errors import ChangeflowError
 from pipeline.inbox import Workspace, archive, claim_new_scenes
@@ -37,10 +37,11 @@ def ingest_flow(config_path: str) -> dict:
         shutil.rmtree(workspace.claim_dir(run_id), ignore_errors=True)
         print("inbox: nothing new")
         return report
-    base = config.prepare_config([])
-    entries = scan_inbox(workspace.claim_dir(run_id), base)
+    sensors = PrepareConfig.model_fields["inbox_sensors"].get_default(call_default_factory=True)
+    sensors = config.prepare.get("inbox_sensors", sensors)
+    entries = scan_inbox(workspace.claim_dir(run_id), sensors)
     if workspace.archive.exists():
-        entries += scan_inbox(workspace.archive, base)
+        entries += scan_inbox(workspace.archive, sensors)
     prepare_config = config.prepare_config(entries)
     scenes, failures = build_catalog(prepare_config.scenes, prepare_config)
     refused_paths = {entry.path for entry, _ in failures}

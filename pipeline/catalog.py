@@ -60,7 +60,7 @@ class Scene:
         return self.role is not Role.label and is_integer(self.dtype)
 
 
-def scan_inbox(folder: Path, config: PrepareConfig) -> list[SceneEntry]:
+def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
     """Scene entries for an inbox in GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``."""
     if not folder.is_dir():
         raise InputError(folder, "inbox folder not found")
@@ -70,7 +70,7 @@ def scan_inbox(folder: Path, config: PrepareConfig) -> list[SceneEntry]:
         if match is None:
             continue
         role = INBOX_ROLES[match["letter"].upper()]
-        sensor = config.inbox_sensors.get(role, Sensor.generic)
+        sensor = sensors.get(role, Sensor.generic)
         entries.append(
             SceneEntry(path=path, role=role, sensor=sensor, group=match["base"], id=path.stem)
         )
@@ -87,7 +87,7 @@ def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
     if config.scene_list is not None:
         entries += load_scene_list(config.scene_list)
     if config.inbox is not None:
-        entries += scan_inbox(config.inbox, config)
+        entries += scan_inbox(config.inbox, config.inbox_sensors)
     stems = [entry.path.stem for entry in entries]
     entries = [
         entry.model_copy(update={"id": f"{entry.path.parent.name}_{entry.path.stem}"})

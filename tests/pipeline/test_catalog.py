@@ -84,7 +84,7 @@ def test_batch_goes_on_after_a_bad_scene(tmp_path):
 def test_inbox_uses_gold_naming(tmp_path):
     for name in ("x1_A.tif", "x1_B.tif", "x1_D.tif", "x1_E.png", "notes.txt", "x1_C.tif"):
         (tmp_path / name).write_bytes(b"")
-    entries = scan_inbox(tmp_path, PrepareConfig(inbox=tmp_path))
+    entries = scan_inbox(tmp_path, PrepareConfig(inbox=tmp_path).inbox_sensors)
     assert {(e.path.name, e.role.value, e.group) for e in entries} == {
         ("x1_A.tif", "A", "x1"), ("x1_B.tif", "B", "x1"), ("x1_D.tif", "C", "x1"), ("x1_E.png", "label", "x1"),
     }
