@@ -16,10 +16,9 @@ from pathlib import Path
 import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 
 from flows.progress import progress_bar
-from flows.train import GPU_LIMIT, ensure_gpu_limit
+from flows.train import gpu_slot
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect import detect_group
@@ -62,7 +61,7 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
     checkpoint = load_checkpoint(config.checkpoint)
     tags = provenance(group_dir, list(checkpoint["inputs"]))
     started = time.perf_counter()
-    with concurrency(GPU_LIMIT, occupy=1, strict=True), progress_bar("detect", show_progress) as advance:
+    with gpu_slot(), progress_bar("detect", show_progress) as advance:
         result = detect_group(
             group_dir, config.checkpoint, out, window=config.window, overlap=config.overlap,
             batch_size=config.batch_size, tta=config.tta, device=config.device, block_size=config.block_size,
@@ -118,7 +117,6 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "detect_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    ensure_gpu_limit()
     summaries = {}
     for group_dir in prepared_groups(config.prepared, config.groups):
         summary = detect_group_task(group_dir, config, out / group_dir.name, progress)

@@ -16,7 +16,6 @@ from prefect import flow
 
 from flows.detect import detect_one
 from flows.prepare import process_group
-from flows.train import ensure_gpu_limit
 from pipeline.catalog import build_catalog, scan_inbox
 from pipeline.config import IngestConfig, PrepareConfig, load_config
 from pipeline.detect import new_run_id
@@ -49,7 +48,6 @@ def ingest_flow(config_path: str) -> dict:
     groups, unpaired, crs = build_groups(scenes, prepare_config.min_overlap)
     report["waiting"] = {scene_id: reason for scene_id, reason in unpaired.items()}
     detect_config = config.detect_config()
-    ensure_gpu_limit()
     for group in groups:
         if not any(member.path.parent == workspace.claim_dir(run_id) for member in group.members.values()):
             continue

@@ -7,6 +7,8 @@ on a multi-GPU host). Multi-GPU DDP training runs the same ``changeflow train`` 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
@@ -31,6 +33,14 @@ def ensure_gpu_limit(slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
 
 
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one slot of the ``gpu`` limit (created when missing) for the duration."""
+    ensure_gpu_limit()
+    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+        yield
+
+
 @flow(name="train", log_prints=True)
 def train_flow(
     config_path: str, out_dir: str, resume: bool = False, device: str | None = None, progress: bool = False
@@ -39,8 +49,7 @@ def train_flow(
     config = load_config(Path(config_path), TrainConfig)
     if device is not None:
         config = TrainConfig.model_validate({**config.model_dump(), "device": device})
-    ensure_gpu_limit()
-    with concurrency(GPU_LIMIT, occupy=1, strict=True), progress_bar("training", progress) as advance:
+    with gpu_slot(), progress_bar("training", progress) as advance:
         result = train(config, Path(out_dir), resume=resume, progress=advance)
     print(f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
     return result

@@ -31,7 +31,7 @@ class Group:
     name: str
     members: dict[Role, Scene]
     ratios: dict[Role, float]  # overlap of each member with the reference
-    common_area: BaseGeometry  # intersection of all members' footprints, in the common CRS
+    common_area: BaseGeometry  # intersection of the images' footprints (not the label's), common CRS
     excluded: dict[str, str] = field(default_factory=dict)  # scene id -> reason
 
     @property
@@ -109,9 +109,11 @@ def _group_from(name: str, reference: Scene, candidates: dict[Role, list[Scene]]
                 rejected[scene.id] = reason
     if Role.B not in members and Role.C not in members:
         return None, rejected
+    # A label's unlabelled pixels (255) are not missing data: it does not shrink the common area.
     common = ref_fp
-    for scene in members.values():
-        common = common.intersection(footprints[scene.id])
+    for role, scene in members.items():
+        if role is not Role.label:
+            common = common.intersection(footprints[scene.id])
     return Group(name=name, members=members, ratios=ratios, common_area=common, excluded=rejected), rejected
 
 
