@@ -33,6 +33,7 @@ from rasterio.windows import Window
 from scipy import fft, ndimage
 from scipy.signal.windows import tukey
 from skimage.measure import ransac
+from threadpoolctl import threadpool_limits
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform
 
@@ -507,10 +508,13 @@ def coregister(
         )
     ref_source = _Source(reference, reference_black)
     mov_source = _Source(moving, moving_black)
-    dx, dy, reliability = _global_shift(ref_source, mov_source, structure=structure, config=config)
-    offset = (round(dx), round(dy)) if reliability > 0 else (0, 0)
-    points = _tiepoints(ref_source, mov_source, offset, structure=structure, config=config)
-    fit = _fit_affine(points, config)
+    # One BLAS thread: multi-threaded reductions differ in the last bits between processes, which
+    # can flip a borderline RANSAC inlier, and prepare must give the same tiles on threads and Dask.
+    with threadpool_limits(limits=1, user_api="blas"):
+        dx, dy, reliability = _global_shift(ref_source, mov_source, structure=structure, config=config)
+        offset = (round(dx), round(dy)) if reliability > 0 else (0, 0)
+        points = _tiepoints(ref_source, mov_source, offset, structure=structure, config=config)
+        fit = _fit_affine(points, config)
     if fit is not None:
         matrix, points, rmse = fit
         model: Literal["affine", "translation"] = "affine"
