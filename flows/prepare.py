@@ -35,7 +35,7 @@ from pipeline.coregistration import CoregistrationResult, coregister
 from pipeline.errors import ChangeflowError, GroupError
 from pipeline.grid import GroupGrid, reference_grid, warped, write_cog
 from pipeline.overlap import Group, build_groups, reproject_geometry
-from pipeline.raster_io import split_mat_key
+from pipeline.raster_io import bounded_gdal_cache, split_mat_key
 from pipeline.split import BlockStats, assign_splits, isolation_conflicts
 from pipeline.tile_index import groups_frame, scenes_frame, tiepoints_frame, tiles_frame, write_index
 from pipeline.tiling import TileRecord, cut_tiles, find_duplicates, tile_windows
@@ -132,7 +132,8 @@ def process_group(
     work.mkdir(parents=True)
 
     try:
-        manifest = _build_group(group, crs, config, work, fingerprint, progress)
+        with bounded_gdal_cache():
+            manifest = _build_group(group, crs, config, work, fingerprint, progress)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -75,7 +75,7 @@ from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import TilingConfig
 from pipeline.errors import ChangeflowError, GroupError, InputError
 from pipeline.normalization import BandStats, normalize
-from pipeline.raster_io import is_integer, read_window
+from pipeline.raster_io import bounded_gdal_cache, is_integer, read_window
 
 PROBABILITY_FILE = "change_probability.tif"
 CLASS_FILE = "change_class.tif"
@@ -689,9 +689,8 @@ def detect_group(
     executor = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="detect-read")
     batches = _prefetched(executor, lambda job: (job[1], reader.read(job[1])), jobs, depth=READ_THREADS + 2)
     b, (wh, ww) = layout.block, layout.window
-    gdal_options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_MB}
     try:
-        with rasterio.Env(**gdal_options), torch.inference_mode():
+        with bounded_gdal_cache(GDAL_CACHE_MB), torch.inference_mode():
             for i, j in todo:
                 ext = layout.extended(i, j)
                 core = layout.core(i, j)

@@ -6,6 +6,7 @@ Nodata is a mask, not a value: every read returns the pixels and a boolean mask 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +19,9 @@ from rasterio.windows import Window
 
 from pipeline.errors import InputError
 
-MAT_KEYS = ("image_t1", "image_t2", "Ref_gt")
+# GDAL's block cache defaults to 5 % of RAM and grows with the scene; the stages read windows in
+# block order, so a few block rows of cache is all the reuse there is.
+GDAL_CACHE_MB = 256
 
 
 def _mat_to_memfile(path: Path, key: str | None) -> MemoryFile:
@@ -57,6 +60,14 @@ def split_mat_key(path: Path) -> tuple[Path, str | None]:
         file, key = text.rsplit(":", 1)
         return Path(file), key
     return Path(path), None
+
+
+@contextmanager
+def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
+    """Cap GDAL's block cache (a GDAL_CACHEMAX set in the environment wins)."""
+    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": megabytes}
+    with rasterio.Env(**options):
+        yield
 
 
 @contextmanager
