@@ -285,6 +285,18 @@ def _stage_summary(timings: dict, measured: Measured) -> dict:
     }
 
 
+def code_version() -> dict:
+    """The commit the measured code comes from, and whether pipeline/ or flows/ differ from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "modified": git("status", "--porcelain", "--", "pipeline", "flows").splitlines(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 def run_changeflow(scene_list: Path, work: Path, *, profile: bool, coregistration: bool = True,
                    gdal_cachemax: int | None = None) -> dict:
     tag = "changeflow" if coregistration else "changeflow-nocoreg"
@@ -304,8 +316,10 @@ def run_changeflow(scene_list: Path, work: Path, *, profile: bool, coregistratio
     cmd = [sys.executable, str(Path(__file__).resolve()), "_changeflow-child", str(config), str(out), str(timings_path)]
     if profile_path:
         cmd.append(str(profile_path))
+    version = code_version()
     measured = measure(cmd, log=work / f"{tag}.log", env=env, cwd=REPO)
-    result = {k: measured[k] for k in ("wall_s", "peak_rss_tree_mb", "max_rss_mb", "rc", "cpu_s", "loadavg")}
+    result = {"code": version, "gdal_cachemax_env": gdal_cachemax}
+    result |= {k: measured[k] for k in ("wall_s", "peak_rss_tree_mb", "max_rss_mb", "rc", "cpu_s", "loadavg")}
     if timings_path.exists():
         result.update(_stage_summary(json.loads(timings_path.read_text()), measured))
     report_path = out / "prepare_report.json"
@@ -497,7 +511,7 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
     work = args.workdir / f"n{size}"
     scenes = work / "scenes"
     need_gb = size * size * 11.5e-9 * (6 if not args.skip_gdal else 4)  # inputs + COGs + 4x tiles
-    row: dict = {"size": size, "free_gb_before": round(_free_gb(args.workdir), 1), "disk_needed_gb_est": round(need_gb, 1)}
+    row: dict = {"size": size, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "free_gb_before": round(_free_gb(args.workdir), 1), "disk_needed_gb_est": round(need_gb, 1)}
     if row["free_gb_before"] < need_gb:
         row["error"] = f"not enough disk in {args.workdir}: {row['free_gb_before']} GB free, ~{need_gb:.0f} GB needed"
         return row
@@ -524,7 +538,10 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
                 row[key]["profile_top"] = _profile_text(row[key].pop("profile"))
             if not args.keep_outputs:
                 shutil.rmtree(row[key]["out"], ignore_errors=True)
-    if not args.skip_gdal:
+    reused = _reused_gdal(args.reuse_gdal, size) if args.reuse_gdal else None
+    if reused:
+        row["gdal"] = reused
+    elif not args.skip_gdal:
         print(f"[{size}] GDAL reference ...", flush=True)
         row["gdal"] = run_gdal(paths, work, cli_tile_limit=args.cli_tile_limit, gdal_cachemax=args.gdal_cachemax)
         if "wall_s" in row["gdal"]:
@@ -545,6 +562,15 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
     if not args.keep and not args.keep_outputs:
         shutil.rmtree(work, ignore_errors=True)
     return row
+
+
+def _reused_gdal(path: Path, size: int) -> dict | None:
+    """The GDAL figures of ``size`` from an earlier run's JSON (GDAL's side does not change with
+    changeflow's code, and at 20000² it takes half an hour)."""
+    for row in json.loads(path.read_text())["results"]:
+        if row["size"] == size and "wall_s" in row.get("gdal", {}):
+            return {**row["gdal"], "reused_from": str(path)}
+    return None
 
 
 def _fmt(value, spec: str = ".1f") -> str:
@@ -586,6 +612,10 @@ def print_report(rows: list[dict]) -> None:
             if not cf or "stages_s" not in cf:
                 continue
             stages = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cf["stages_s"].items(), key=lambda kv: -kv[1]))
+            code = cf.get("code", {})
+            console.print(f"[bold]{row['size']} {key}[/] code {code.get('commit')}"
+                          + (f" + uncommitted {code['modified']}" if code.get("modified") else "")
+                          + (f", GDAL_CACHEMAX={cf['gdal_cachemax_env']}" if cf.get("gdal_cachemax_env") else ""))
             console.print(f"[bold]{row['size']} {key}[/] rc={cf['rc']}: flow body {cf['flow_body_s']:.1f} s, "
                           f"fixed cost {cf['overhead_s']:.1f} s (start-up {cf['startup_s']:.1f} s of which imports "
                           f"{cf['imports_s']:.1f} s; teardown {cf['teardown_s']:.1f} s); largest process "
@@ -599,6 +629,8 @@ def print_report(rows: list[dict]) -> None:
             if "error" in gd:
                 console.print(f"[yellow]{row['size']} GDAL: {gd['error']}")
                 continue
+            if gd.get("reused_from"):
+                console.print(f"[bold]{row['size']} GDAL[/] figures reused from {gd['reused_from']}")
             if "cpu_s" in gd:
                 console.print(f"[bold]{row['size']} GDAL[/] CPU {gd['cpu_s']:.0f} s; load avg {gd['loadavg'][0]:.1f} -> {gd['loadavg'][1]:.1f}")
             console.print(f"[bold]{row['size']} GDAL[/] ({gd['version']}): "
@@ -654,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-coreg-too", action="store_true",
                         help="Also run changeflow with co-registration off (GDAL does no co-registration).")
     parser.add_argument("--profile", action="store_true", help="cProfile the group work of changeflow.")
+    parser.add_argument("--reuse-gdal", type=Path, metavar="JSON",
+                        help="Take the GDAL figures of a size from this earlier --json output instead of rerunning GDAL.")
     parser.add_argument("--cli-tile-limit", type=int, default=2000,
                         help="Run gdal_translate per tile on all tiles up to this many, else on a sample this big.")
     parser.add_argument("--gdal-cachemax", type=int, metavar="MB",
