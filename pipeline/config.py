@@ -192,15 +192,19 @@ def _format_validation_error(path: Path, error: ValidationError) -> str:
     return f"{path}: invalid config: " + "; ".join(lines)
 
 
+def _read_yaml(path: Path, what: str) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictModel:
     """Read and validate a YAML config; relative paths are resolved against the file's folder."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path, "config file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
@@ -242,12 +246,7 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
 
 def load_scene_list(path: Path) -> list[SceneEntry]:
     """Scenes of a YAML scene list; relative paths are resolved against the list's folder."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: scene list not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = _read_yaml(path, "scene list")
     items = raw.get("scenes") if isinstance(raw, dict) else raw
     if not isinstance(items, list):
         raise ConfigError(f"{path}: expected a list of scenes (or a 'scenes:' key)")
