@@ -41,10 +41,12 @@ LEVIR-style folder: A and B optical, teacher models skipped).
 
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/train_benchmark.py --device cpu --batch-size 2 --crop 256 \\
-        --iterations 5 --warmup 2 --json out/train-benchmark/cpu.json
-    python benchmarks/train_benchmark.py --device cuda --batch-size 8 --workers 2 8 \\
-        --iterations 50 --warmup 10 --json out/train-benchmark/cuda.json
+    # 2 shared CPU cores: one intra-op thread (see --threads), small crops
+    .venv/bin/python benchmarks/train_benchmark.py --device cpu --threads 1 --batch-size 2 --crop 256 \\
+        --workers 0 1 2 --iterations 10 --warmup 2 --rounds 2 --json out/train-benchmark/cpu.json
+    # a GPU (bf16 autocast as in train()), whole 512 px tiles, the config's 2 workers and more
+    python benchmarks/train_benchmark.py --device cuda --batch-size 8 --workers 2 8 14 \\
+        --iterations 100 --warmup 10 --rounds 2 --json out/train-benchmark/cuda.json
 """
 
 from __future__ import annotations
@@ -383,6 +385,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Repeat bare and loop measurements alternately (a shared, noisy machine: 3).")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
                         help="bf16 autocast on CUDA as train() does (no effect on CPU, like train()).")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads of the training process (default: torch's, = cores). On a "
+                             "shared 2-core machine 1 is stable; 2 stalls whenever another process runs.")
     parser.add_argument("--sample-cost", type=int, default=8, help="Samples timed for the per-tile dataset cost.")
     parser.add_argument("--json", type=Path, help="Write all figures to this JSON file.")
     args = parser.parse_args(argv)
@@ -413,6 +418,8 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = args.data.resolve() if args.data else prepare_synthetic(args.work.resolve(), args.scene_size, args.seed)
     index = load_index(data)
     base = TrainConfig(data=data, device=args.device)
