@@ -4,7 +4,10 @@ Every change model takes the two dates as separate tensors, ``forward(t1, t2) ->
 ``"logits"``: a ``[N, 2, H, W]`` tensor (class 0 = no change, class 1 = change) at the input resolution, raw
 (no softmax / log-softmax), so that losses, metrics and sliding-window blending all see the same thing.
 Models trained with an extra teacher input (GOLD) take it as an optional third argument and declare it with
-``has_teacher = True``.
+``has_teacher = True``. Text-conditioned models (SegChange-R1) take ``text=[N, L, D]`` and ``text_mask=[N, L]``
+keyword arguments (``text_conditioned = True``). Semantic change models (ClearSCD) declare
+``semantic_classes = K`` and also return ``"semantic_t1"`` / ``"semantic_t2"`` logits ``[N, K, H, W]``; their loss
+gets the targets as ``{"change", "t1", "t2"}`` (255 = ignore everywhere).
 """
 
 from __future__ import annotations
@@ -20,9 +23,13 @@ class ChangeModel(nn.Module):
         has_teacher: ``forward`` accepts a third input (optical t2, "C") and then also returns teacher outputs.
         default_loss: name for :func:`models.build_loss` of the loss this model is trained with.
         num_classes: always 2 (binary change).
+        text_conditioned: ``forward`` accepts ``text`` / ``text_mask`` prompt embeddings.
+        semantic_classes: K > 0 for semantic change models (per-date land-cover classes), else 0.
     """
 
     has_teacher: bool = False
+    text_conditioned: bool = False
+    semantic_classes: int = 0
     default_loss: str = "change"
     num_classes: int = 2
 
