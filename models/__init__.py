@@ -15,16 +15,20 @@ input (optical t2) during training (``has_teacher = True``). See :mod:`models.ba
 
 from __future__ import annotations
 
-from . import fc, gold, gold_lite  # noqa: F401  (registers the models)
+from . import clearscd, fc, gold, gold_lite  # noqa: F401  (registers the models)
 from .base import ChangeModel
+from .clearscd import ClearSCD
 from .complexity import complexity, count_flops, count_parameters
 from .fc import FCEF, FCSiamConc, FCSiamDiff
 from .gold import GOLD
 from .gold_lite import GOLDLite
+from .segchange import SegChangeR1  # registers "segchange_r1"
 from .losses import GoldLoss, available_losses, build_loss
 from .registry import available, build, register
+from .stikdnet import STIKDNet  # registers "stikdnet"
 
 __all__ = [
+    "ClearSCD",
     "FCEF",
     "GOLD",
     "ChangeModel",
@@ -32,6 +36,7 @@ __all__ = [
     "FCSiamDiff",
     "GOLDLite",
     "GoldLoss",
+    "STIKDNet",
     "available",
     "available_losses",
     "build",
@@ -40,4 +45,5 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "register",
+    "SegChangeR1",
 ]

@@ -6,7 +6,8 @@
 - :class:`LogitDistillationLoss` (:mod:`.kl`) — T²·KL per pixel;
 - :class:`DifferenceAttentionLoss` (:mod:`.attention_transfer`) — difference-map, channel and spatial attention;
 - :class:`GoldWeighting`, :class:`UncertaintyWeighting` (:mod:`.weighting`) — dynamic weights;
-- :class:`GoldLoss` (:mod:`.gold`) — GOLD's full objective.
+- :class:`GoldLoss` (:mod:`.gold`) — GOLD's full objective;
+- :class:`SegChangeLoss` (:mod:`.segchange`) — SegChange-R1's BCE + Dice + class-balanced focal.
 
 Every training loss is called ``loss(outputs: dict, target, epoch=...) -> (total: Tensor, components: dict)``.
 """
@@ -24,10 +25,13 @@ from .dice import SoftDiceLoss
 from .feature import FeatureDistillationLoss
 from .gold import GoldLoss
 from .kl import LogitDistillationLoss
+from .segchange import SegChangeLoss
+from .stikd import StikdLoss
 from .weighting import GoldWeighting, UncertaintyWeighting, build_weighting, ramp
 
-_LOSSES: dict[str, type[nn.Module]] = {"change": ChangeLoss, "gold": GoldLoss}
+_LOSSES: dict[str, type[nn.Module]] = {"change": ChangeLoss, "gold": GoldLoss, "segchange": SegChangeLoss}
 
+_LOSSES["stikd"] = StikdLoss  # STIKDNet (models.stikdnet)
 
 def available_losses() -> list[str]:
     """Names accepted by :func:`build_loss`."""
@@ -50,7 +54,9 @@ __all__ = [
     "GoldLoss",
     "GoldWeighting",
     "LogitDistillationLoss",
+    "SegChangeLoss",
     "SoftDiceLoss",
+    "StikdLoss",
     "UncertaintyWeighting",
     "available_losses",
     "build_loss",
