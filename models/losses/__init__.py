@@ -30,7 +30,6 @@ from .stikd import StikdLoss
 from .weighting import GoldWeighting, UncertaintyWeighting, build_weighting, ramp
 
 _LOSSES: dict[str, type[nn.Module]] = {"change": ChangeLoss, "gold": GoldLoss, "segchange": SegChangeLoss}
-
 _LOSSES["stikd"] = StikdLoss  # STIKDNet (models.stikdnet)
 
 def available_losses() -> list[str]:
