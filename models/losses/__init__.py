@@ -32,6 +32,7 @@ from .weighting import GoldWeighting, UncertaintyWeighting, build_weighting, ram
 _LOSSES: dict[str, type[nn.Module]] = {"change": ChangeLoss, "gold": GoldLoss, "segchange": SegChangeLoss}
 _LOSSES["stikd"] = StikdLoss  # STIKDNet (models.stikdnet)
 
+
 def available_losses() -> list[str]:
     """Names accepted by :func:`build_loss`."""
     return sorted(_LOSSES)
