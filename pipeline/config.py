@@ -139,6 +139,83 @@ class SplitConfig(StrictModel):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class Gf2Config(StrictModel):
+    """GF-2 PMS L1A reading."""
+
+    pan: bool = Field(
+        default=False, description="Add the PAN image, orthorectified onto the MSS grid, as band 'pan'."
+    )
+    calibration: dict[str, dict[str, tuple[float, float]]] = Field(
+        default_factory=dict,
+        description=(
+            "Radiance = gain * DN + offset: {camera: {band: [gain, offset]}} with camera 'PMS1' or "
+            "'PMS2' and band blue, green, red, nir (and pan); CRESDA publishes the table yearly. "
+            "Empty: the DN are kept (uint16)."
+        ),
+    )
+
+
+class Gf3Config(StrictModel):
+    """GF-3 SAR reading: calibration to sigma0 dB, optional speckle filter."""
+
+    polarisations: list[str] | None = Field(
+        default=None, description="Polarisations to read (e.g. [HH]); default every one delivered."
+    )
+    speckle: Literal["none", "lee", "refined_lee"] = "none"
+    window: int = Field(default=7, ge=3, description="Speckle filter window (odd, px).")
+    looks: float | None = Field(
+        default=None, gt=0, description="Equivalent number of looks; default MultilookRange x MultilookAzimuth."
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("the speckle window must be odd")
+        return value
+
+    @field_validator("polarisations")
+    @classmethod
+    def _upper(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [v.upper() for v in value]
+
+
+class S2Config(StrictModel):
+    """Sentinel-2 L1C / L2A SAFE reading."""
+
+    bands: list[str] = Field(default_factory=lambda: ["B02", "B03", "B04", "B08"])
+    resolution: float = Field(default=10.0, gt=0, description="Output pixel size (m); 20/60 m bands resampled.")
+    cloud_classes: list[int] = Field(
+        default_factory=lambda: [3, 8, 9, 10],
+        description="L2A SCL classes masked as nodata (cloud shadow, cloud medium/high, cirrus).",
+    )
+
+
+class ProductsConfig(StrictModel):
+    """Provider products (GF-2, GF-3, Sentinel-2 folders or archives) read into georeferenced images."""
+
+    cache: Path | None = Field(
+        default=None,
+        description="Folder for extracted archives and read products; default $CHANGEFLOW_CACHE or ~/.cache/changeflow.",
+    )
+    dem: Path | None = Field(default=None, description="DEM for RPC orthorectification (ellipsoidal heights).")
+    dem_srs: str | None = Field(default=None, description="The DEM's SRS with vertical datum, e.g. 'EPSG:4326+5773'.")
+    height: float | None = Field(
+        default=None, description="Constant terrain height (m) without a DEM; default the RPC height offset."
+    )
+    crs: str | None = Field(
+        default=None, description="CRS of orthorectified products; default grid.crs, else the product's UTM zone."
+    )
+    resolution: float | None = Field(
+        default=None, gt=0, description="Pixel size of orthorectified products; default grid.resolution, else the GSD."
+    )
+    max_archive_bytes: int = Field(default=64 << 30, gt=0, description="Refuse archives expanding beyond this.")
+    max_archive_members: int = Field(default=20_000, gt=0)
+    gf2: Gf2Config = Gf2Config()
+    gf3: Gf3Config = Gf3Config()
+    s2: S2Config = S2Config()
+
+
 class PrepareConfig(StrictModel):
     """Configuration of `changeflow prepare`."""
 
@@ -146,7 +223,10 @@ class PrepareConfig(StrictModel):
     scene_list: Path | None = Field(
         default=None, description="A separate YAML scene list (a list of scenes, or a 'scenes:' key)."
     )
-    inbox: Path | None = Field(default=None, description="Folder with {base}_{A|B|D|E}.{tif|png}.")
+    inbox: Path | None = Field(
+        default=None,
+        description="Folder with {base}_{A|B|D|E}.{tif|png} and/or GF-2, GF-3, Sentinel-2 products (folders or archives).",
+    )
     inbox_sensors: dict[Role, Sensor] = Field(
         default_factory=lambda: {Role.A: Sensor.gf2, Role.B: Sensor.gf3, Role.C: Sensor.s2},
         description="Sensor assumed for each role of an inbox file.",
@@ -166,6 +246,7 @@ class PrepareConfig(StrictModel):
     coregistration: CoregistrationConfig = CoregistrationConfig()
     tiling: TilingConfig = TilingConfig()
     split: SplitConfig = SplitConfig()
+    products: ProductsConfig = ProductsConfig()
 
     @model_validator(mode="after")
     def _has_input(self) -> PrepareConfig:
@@ -239,9 +320,13 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     def absolute(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
 
-    return config.model_copy(
-        update={"scenes": scenes, "inbox": absolute(config.inbox), "scene_list": absolute(config.scene_list)}
+    products = config.products.model_copy(
+        update={"cache": absolute(config.products.cache), "dem": absolute(config.products.dem)}
     )
+    return config.model_copy(update={
+        "scenes": scenes, "inbox": absolute(config.inbox), "scene_list": absolute(config.scene_list),
+        "products": products,
+    })
 
 
 def load_scene_list(path: Path) -> list[SceneEntry]:
@@ -356,7 +441,11 @@ class IngestConfig(StrictModel):
     detect: dict[str, Any] = Field(default_factory=dict)
 
     def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
-        return _section(PrepareConfig, "prepare", {**self.prepare, "scenes": scenes})
+        values = {**self.prepare, "scenes": scenes}
+        products = values.get("products") or {}
+        if isinstance(products, dict):  # read products are cached in the workspace by default
+            values["products"] = {"cache": self.workspace / "products", **products}
+        return _section(PrepareConfig, "prepare", values)
 
     def detect_config(self) -> DetectConfig:
         return _section(

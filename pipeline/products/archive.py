@@ -1,0 +1,156 @@
+"""Safe extraction of delivered product archives (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``).
+
+Archives come from outside, so nothing in them is trusted:
+
+- a member whose name is absolute, has a drive, or climbs out with ``..`` is refused (zip-slip);
+- symbolic and hard links, devices and FIFOs are refused: only regular files and folders are made;
+- the member count and the bytes actually written are capped (a zip bomb stops at the cap, whatever
+  sizes its headers claim);
+- extraction goes to a hidden staging folder that is renamed when complete, so a failed or killed
+  extraction never leaves a half-filled folder that looks finished.
+
+Every refusal is an :class:`~pipeline.errors.InputError` naming the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import InputError
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on what one archive may extract."""
+
+    max_bytes: int = 64 << 30
+    max_members: int = 20_000
+
+
+def is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith(ARCHIVE_SUFFIXES)
+
+
+def archive_stem(path: Path) -> str:
+    """The archive's name without its archive suffix (``X.SAFE.zip`` → ``X.SAFE``)."""
+    name = path.name
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _safe_name(archive: Path, name: str) -> PurePosixPath | None:
+    """The member's relative path, or an InputError when it would land outside the folder."""
+    cleaned = name.replace("\\", "/")
+    path = PurePosixPath(cleaned)
+    if cleaned.startswith("/") or (len(cleaned) > 1 and cleaned[1] == ":"):
+        raise InputError(archive, f"archive member '{name}' has an absolute path; refused")
+    if ".." in path.parts:
+        raise InputError(archive, f"archive member '{name}' points outside the extraction folder (../); refused")
+    parts = [part for part in path.parts if part not in ("", ".")]
+    return PurePosixPath(*parts) if parts else None
+
+
+def list_members(archive: Path, limits: Limits = Limits()) -> list[str]:
+    """Names of the archive's regular files (checked like an extraction, nothing written)."""
+    return [str(name) for name, _ in _members(archive, limits)]
+
+
+def _members(archive: Path, limits: Limits):
+    """(relative path, opener) of every regular file; folders are implied; the rest is refused."""
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                _check_count(archive, len(infos), limits)
+                out = []
+                for info in infos:
+                    relative = _safe_name(archive, info.filename)
+                    mode = info.external_attr >> 16
+                    if stat.S_ISLNK(mode):
+                        raise InputError(archive, f"archive member '{info.filename}' is a symbolic link; refused")
+                    if info.is_dir() or relative is None:
+                        continue
+                    out.append((relative, info))
+                return out
+        with tarfile.open(archive) as tf:
+            out = []
+            count = 0
+            for info in tf:
+                count += 1
+                _check_count(archive, count, limits)
+                relative = _safe_name(archive, info.name)
+                if info.issym() or info.islnk():
+                    raise InputError(archive, f"archive member '{info.name}' is a link; refused")
+                if info.isdir() or relative is None:
+                    continue
+                if not info.isfile():
+                    raise InputError(archive, f"archive member '{info.name}' is not a regular file; refused")
+                out.append((relative, info))
+            return out
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+        raise InputError(archive, f"not a readable archive ({exc})") from None
+
+
+def _check_count(archive: Path, count: int, limits: Limits) -> None:
+    if count > limits.max_members:
+        raise InputError(archive, f"archive has more than {limits.max_members} members; refused")
+
+
+def extract(archive: Path, destination: Path, limits: Limits = Limits()) -> Path:
+    """Extract ``archive`` into ``destination`` (created; reused when already complete)."""
+    if destination.is_dir():
+        return destination
+    members = _members(archive, limits)
+    staging = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written = 0
+    root = staging.resolve()
+    try:
+        is_zip = archive.name.lower().endswith(".zip")
+        opener = zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)
+        with opener as handle:
+            for relative, info in members:
+                target = (staging / relative).resolve()
+                if root not in target.parents:
+                    raise InputError(archive, f"archive member '{relative}' points outside the extraction folder; refused")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                stream = handle.open(info) if is_zip else handle.extractfile(info)
+                if stream is None:
+                    raise InputError(archive, f"archive member '{relative}' cannot be read")
+                with stream, open(target, "wb") as out:
+                    while chunk := stream.read(CHUNK):
+                        written += len(chunk)
+                        if written > limits.max_bytes:
+                            raise InputError(
+                                archive, f"archive expands beyond {limits.max_bytes} bytes; extraction stopped"
+                            )
+                        out.write(chunk)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(archive, f"archive is corrupt ({exc})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(staging, destination)
+    except OSError:
+        # another process finished the same extraction first
+        shutil.rmtree(staging, ignore_errors=True)
+        if not destination.is_dir():
+            raise
+    return destination
