@@ -64,8 +64,12 @@ def split_mat_key(path: Path) -> tuple[Path, str | None]:
 
 @contextmanager
 def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
-    """Cap GDAL's block cache (a GDAL_CACHEMAX set in the environment wins)."""
-    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": megabytes}
+    """Cap GDAL's block cache (a GDAL_CACHEMAX set in the environment wins).
+
+    rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes (a bare 256 gave a 256-byte cache, so
+    every window read decoded its blocks again: 4x slower reads in detection).
+    """
+    options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": megabytes * 1024 * 1024}
     with rasterio.Env(**options):
         yield
 
