@@ -21,6 +21,7 @@ from torch import nn
 from ..registry import check_options
 from .attention_transfer import DifferenceAttentionLoss, channel_attention, difference_map, spatial_attention
 from .change import ChangeLoss
+from .clearscd import ClearSCDLoss
 from .dice import SoftDiceLoss
 from .feature import FeatureDistillationLoss
 from .gold import GoldLoss
@@ -31,6 +32,7 @@ from .weighting import GoldWeighting, UncertaintyWeighting, build_weighting, ram
 
 _LOSSES: dict[str, type[nn.Module]] = {"change": ChangeLoss, "gold": GoldLoss, "segchange": SegChangeLoss}
 _LOSSES["stikd"] = StikdLoss  # STIKDNet (models.stikdnet)
+_LOSSES["clearscd"] = ClearSCDLoss  # ClearSCD (models.clearscd)
 
 
 def available_losses() -> list[str]:
@@ -48,6 +50,7 @@ def build_loss(name: str, **cfg: Any) -> nn.Module:
 
 
 __all__ = [
+    "ClearSCDLoss",
     "ChangeLoss",
     "DifferenceAttentionLoss",
     "FeatureDistillationLoss",
