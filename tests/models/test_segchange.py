@@ -114,10 +114,10 @@ def test_without_text_is_the_same_model_minus_the_projector() -> None:
 
 def test_training_step_reaches_the_text_projector_and_encoder() -> None:
     model = small().train()
-    out = model(images(2, 3), images(2, 3), text=torch.randn(2, 4, 16), text_mask=torch.ones(2, 4))
+    out = model(images(2, 3, 32, 32), images(2, 3, 32, 32), text=torch.randn(2, 4, 16), text_mask=torch.ones(2, 4))
     loss_fn = models.build_loss(model.default_loss)
-    target = torch.zeros(2, 64, 64, dtype=torch.long)
-    target[:, 10:30, 10:30] = 1
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[:, 5:15, 5:15] = 1
     total, parts = loss_fn(out, target, epoch=0.0)
     total.backward()
     assert set(parts) >= {"loss", "bce", "dice", "focal"}
