@@ -11,7 +11,7 @@ tangkai-RS/ClearSCD (``loss/losses.py`` and the model's contrastive parts; spec 
 - **L_t1, L_t2** = cross-entropy of the full-res semantic logits, label 255 ignored (the original's ignore code is 9);
 - **SACL local** (:func:`local_contrast`, weight 0.1, τ = 0.1, ≤ 1024 samples per class and date): labels resized
   to the 1/4-res feature grid (nearest). Per class c present at either date, the anchor a_c = L2norm(mean of the
-  sampled, L2-normalised queries Z of c from *both* dates); positives = the sampled keys of c (both dates),
+  sampled queries Z of c from *both* dates; raw projections, normalised after averaging as in the code); positives = the sampled keys of c (both dates),
   negatives = the sampled keys of every other class; InfoNCE per positive, averaged over positives, summed over
   classes, divided by the number of classes present. No stop-gradient;
 - **SACL global** (:func:`global_contrast`, weight 1, from ``epoch ≥ warmup_epochs`` = 1, i.e. the second epoch):
@@ -41,8 +41,7 @@ Deliberate differences from the original code (spec §11), each with an option t
 - ``bscc_target="label"`` supervises BSCC with the change label instead of the model's own rounded prediction
   (the confirmation bias of §11; the original's ``bscc_with_label``), ``bscc_detach=True`` stops the BSCC
   gradient into the change head (the original does not detach). Defaults keep the reference behaviour;
-- the queries are L2-normalised per pixel before averaging (local anchors and global centroids); sampling uses the
-  global torch RNG (seeded by the training loop).
+- sampling uses the global torch RNG (seeded by the training loop).
 - the memory bank lives in the model (buffers ``memory_queue``, ``memory_count``, returned in the training outputs) and
   is updated in place here, after the loss terms are computed on a snapshot (so autograd never sees the write).
 """
@@ -118,10 +117,11 @@ def local_contrast(
 ) -> Tensor:
     """Cross-temporal local InfoNCE (unweighted): Σ_c mean_{k⁺} ℓ(a_c, k⁺) / #classes present.
 
-    ``queries``/``keys``: per date [N, D, h, w] (normalised here); ``labels``: per date [N, h, w] at that grid.
+    ``queries``/``keys``: per date [N, D, h, w] (keys normalised per pixel, anchors after averaging); ``labels``: per
+    date [N, h, w] at that grid.
     ℓ = −log(exp(a·k⁺/τ) / (exp(a·k⁺/τ) + Σ_{k⁻} exp(a·k⁻/τ))).
     """
-    q_pix = [F.normalize(_pixels(q), dim=1) for q in queries]
+    q_pix = [_pixels(q) for q in queries]  # raw projections: the anchor is normalised after averaging
     k_pix = [F.normalize(_pixels(k), dim=1) for k in keys]
     y_pix = [y.reshape(-1) for y in labels]
     classes = sorted(set().union(*(set(y[y != ignore_index].unique().tolist()) for y in y_pix)))
@@ -179,7 +179,7 @@ def global_contrast(
         written = torch.ones(dates, classes_k, length, dtype=torch.bool, device=queue.device)
     total = _zero(projections[0])
     for t in range(2):
-        z = F.normalize(_pixels(projections[t]), dim=1)
+        z = _pixels(projections[t])
         prob = _pixels(semantic_low[t].detach().float().softmax(1))
         y = labels[t].reshape(-1)
         terms = []
