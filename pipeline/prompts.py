@@ -412,7 +412,8 @@ def _read_embedding_file(path: Path) -> tuple[str | None, dict[str, np.ndarray]]
             dim = int(raw["dim"])
             bad = [p for p, v in entries.items() if tuple(v.shape)[-1:] != (dim,)]
             if bad:
-                raise PromptError(f"{path}: the file says dim {dim} but {bad[0]!r} has shape {tuple(entries[bad[0]].shape)}")
+                shape = tuple(entries[bad[0]].shape)
+                raise PromptError(f"{path}: the file says dim {dim} but {bad[0]!r} has shape {shape}")
         return encoder, {str(p): _as_tokens(v, f"{path}: prompt {p!r}") for p, v in entries.items()}
     if suffix == ".npz":
         try:
@@ -579,7 +580,8 @@ class PromptEmbeddings:
     def _checked(self, arr: np.ndarray, prompt: str) -> np.ndarray:
         if arr.ndim != 2 or arr.shape[1] != self._dim:
             raise PromptError(
-                f"embedding of prompt {prompt!r} from {self.encoder_id} has shape {arr.shape}, expected [L, {self._dim}]"
+                f"embedding of prompt {prompt!r} from {self.encoder_id} has shape {arr.shape}, "
+                f"expected [L, {self._dim}]"
             )
         if arr.shape[0] > self.max_tokens:
             log.warning("prompt %r has %d tokens; cut to max_tokens=%d", prompt, arr.shape[0], self.max_tokens)
