@@ -37,6 +37,8 @@ Deliberate differences from the original code:
   has no ``reference`` / ``imagenet`` switch: no weights = the reference behaviour (no ImageNet pre-training);
 - the ResNet-18 option is the deep-stem variant of :mod:`models.resnet` (smp's plain ResNet-18 is not available);
 - different band counts at t1 and t2 get two encoders (pseudo-Siamese); equal counts share one (the original);
+- initialisation: PyTorch defaults everywhere, which is what the reference configuration ran with (its
+  ``pretrained=true`` path neither loaded weights nor applied the Kaiming init of ``pretrained=false``);
 - the memory bank also counts written columns so the loss can leave never-written random entries out (spec §11);
 - the training-only extras are returned only in training mode, so inference costs one plain forward.
 """
@@ -208,24 +210,9 @@ class ClearSCD(ChangeModel):
             nn.ReLU(inplace=True),
             nn.Conv2d(proj_hidden, proj_dim, 1),
         )
-        self._init_heads()
         queue = F.normalize(torch.randn(2, semantic_classes, proj_dim, queue_len), dim=2)
         self.register_buffer("memory_queue", queue)
         self.register_buffer("memory_count", torch.zeros(2, semantic_classes))
-
-    def _init_heads(self) -> None:
-        """smp's initialize_decoder / initialize_head: Kaiming-uniform convs, BN to identity, Xavier heads."""
-        for module in (self.decoder, self.change_head, self.projection):
-            for m in module.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.semantic_head.weight)
-        nn.init.zeros_(self.semantic_head.bias)
 
     @property
     def in_channels(self) -> tuple[int, ...]:
