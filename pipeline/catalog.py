@@ -10,24 +10,28 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import rasterio.features
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from shapely.geometry import Polygon, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
 from pipeline.errors import InputError
+from pipeline.products import archive as product_archive
+from pipeline.products import read_product, recognise
 from pipeline.raster_io import is_integer, open_raster, read_window
 
 INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)$", re.IGNORECASE)
 INBOX_ROLES = {"A": Role.A, "B": Role.B, "D": Role.C, "E": Role.label}
+# Role of an inbox product whose sensor no role of ``inbox_sensors`` names.
+PRODUCT_ROLES = {Sensor.gf2: Role.A, Sensor.gf3: Role.B, Sensor.s2: Role.C}
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class Scene:
     dtype: str
     nodata: float | None
     footprint: BaseGeometry  # in the scene's CRS (pixel space when not georeferenced)
+    source: Path | None = None  # the provider product ``path`` was read from (folder, archive)
 
     @property
     def resolution(self) -> tuple[float, float]:
@@ -57,17 +62,45 @@ class Scene:
     @property
     def black_value_applies(self) -> bool:
         """GOLD's black rule is for integer imagery only (not labels, not SAR in dB)."""
-        return self.role is not Role.label and is_integer(self.dtype)
+        return not self.role.is_label and is_integer(self.dtype)
+
+
+def _inbox_product(path: Path, roles: dict[Sensor, Role]) -> SceneEntry | None:
+    """The entry of a provider product in an inbox (folder, archive or key file), else None.
+
+    Its role comes from its sensor (``inbox_sensors``, else GF-2 → A, GF-3 → B, S2 → C); its group
+    is left open, so it is grouped by footprint overlap. An archive that is no recognisable product
+    still gets an entry, so that it is reported (with the reason) instead of silently skipped.
+    """
+    try:
+        product = recognise(path)
+    except InputError:
+        product = None
+    if product is None:
+        if product_archive.is_archive(path):
+            return SceneEntry(path=path, role=Role.A, id=product_archive.archive_stem(path))
+        return None
+    role = roles.get(product.sensor, PRODUCT_ROLES[product.sensor])
+    return SceneEntry(path=path, role=role, sensor=product.sensor, id=product.name)
 
 
 def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
-    """Scene entries for an inbox in GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``."""
+    """Scene entries for an inbox: GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``, and provider
+    products (GF-2, GF-3, Sentinel-2 folders or archives, see :mod:`pipeline.products`)."""
     if not folder.is_dir():
         raise InputError(folder, "inbox folder not found")
+    roles: dict[Sensor, Role] = {}
+    for role, sensor in sensors.items():
+        roles.setdefault(sensor, role)
     entries = []
     for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
         match = INBOX_PATTERN.match(path.name)
         if match is None:
+            product = _inbox_product(path, roles)
+            if product is not None:
+                entries.append(product)
             continue
         role = INBOX_ROLES[match["letter"].upper()]
         sensor = sensors.get(role, Sensor.generic)
@@ -109,8 +142,37 @@ def footprint_from_mask(valid: np.ndarray, transform: Affine) -> BaseGeometry:
     return unary_union(polygons).buffer(0) if polygons else Polygon()
 
 
-def catalog_scene(entry: SceneEntry, config: PrepareConfig) -> Scene:
-    """Read one scene's metadata and footprint; raise InputError naming the file on bad input."""
+def catalog_scene(entry: SceneEntry, config: PrepareConfig, *, cache: Path | None = None) -> Scene:
+    """Read one scene's metadata and footprint; raise InputError naming the file on bad input.
+
+    A provider product (GF-2 / GF-3 / Sentinel-2 folder, archive or key file; or a folder or
+    archive the entry's ``sensor`` names) is first read into an analysis-ready GeoTIFF in the
+    products cache (``cache``, else ``products.cache``); errors name the product.
+    """
+    product = recognise(entry.path, hint=entry.sensor)
+    if product is None:
+        if entry.path.is_dir() or product_archive.is_archive(entry.path):
+            raise InputError(entry.path, "not a GF-2, GF-3 or Sentinel-2 product (no MSS image, meta.xml or SAFE inside)")
+        return _catalog_raster(entry, config)
+    try:
+        read = read_product(product, config.products, config.grid, cache=cache)
+    except (RasterioError, OSError, ValueError, KeyError) as exc:
+        raise InputError(product.path, f"cannot be read as a {product.sensor.value} product ({exc})") from None
+    except Exception as exc:  # GDAL errors (CPLE_*) of a broken product
+        if type(exc).__module__.startswith("rasterio"):
+            raise InputError(product.path, f"cannot be read as a {product.sensor.value} product ({exc})") from None
+        raise
+    image = entry.model_copy(update={
+        "path": read.path, "sensor": read.sensor, "date": entry.date or read.date, "id": entry.id or product.name,
+    })
+    try:
+        return replace(_catalog_raster(image, config), source=product.path)
+    except InputError as exc:
+        raise InputError(product.path, exc.problem) from None
+
+
+def _catalog_raster(entry: SceneEntry, config: PrepareConfig) -> Scene:
+    """Metadata and footprint of one raster file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(entry.path) as dataset:
@@ -124,14 +186,14 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig) -> Scene:
                 crs = None
             transform = dataset.transform if crs is not None else Affine.identity()
             expected = entry.bands or config.expected_bands.get(entry.role)
-            if entry.role is Role.label:
+            if entry.role.is_label:
                 expected = 1
             if expected is not None and dataset.count != expected:
                 raise InputError(entry.path, f"has {dataset.count} bands, expected {expected} for role {entry.role.value}")
             dtype = dataset.dtypes[0]
             black = (
                 config.tiling.black_value
-                if entry.role is not Role.label and is_integer(dtype)
+                if not entry.role.is_label and is_integer(dtype)
                 else None
             )
             scale = max(dataset.width, dataset.height) / config.footprint_max_size
@@ -166,13 +228,16 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig) -> Scene:
 
 
 def build_catalog(
-    entries: list[SceneEntry], config: PrepareConfig
+    entries: list[SceneEntry], config: PrepareConfig, *, cache: Path | None = None
 ) -> tuple[list[Scene], list[tuple[SceneEntry, str]]]:
-    """Catalog every entry; bad inputs are returned as (entry, reason), the rest go on."""
+    """Catalog every entry; bad inputs are returned as (entry, reason), the rest go on.
+
+    ``cache``: where provider products are read to (default ``products.cache``, else the user cache).
+    """
     scenes, failures = [], []
     for entry in entries:
         try:
-            scenes.append(catalog_scene(entry, config))
+            scenes.append(catalog_scene(entry, config, cache=cache))
         except InputError as exc:
             failures.append((entry, str(exc)))
     return scenes, failures

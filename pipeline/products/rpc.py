@@ -324,3 +324,21 @@ def orthorectify(
                 warp_mem_limit=128,
                 **options,
             )
+
+
+def ortho_target(
+    rpc: RPC, width: int, height: int, h: float, *, crs: str | None, resolution: float | None,
+    default_resolution: float | None = None,
+) -> tuple[CRS, float]:
+    """CRS and pixel size of an orthorectified product: the given ones, else UTM and the GSD."""
+    if crs:
+        target = CRS.from_user_input(crs)
+    else:
+        lon, lat = rpc_inverse(rpc, [(width - 1) / 2], [(height - 1) / 2], h)
+        target = utm_crs(float(lon[0]), float(lat[0]))
+    if resolution:
+        return target, float(resolution)
+    gsd = default_resolution or round(gsd_m(rpc, width, height, h), 2)
+    if not target.is_projected:  # metres → degrees at the scene centre
+        gsd = gsd / 111_320.0
+    return target, gsd

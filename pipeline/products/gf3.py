@@ -1,0 +1,283 @@
+"""GF-3 C-band SAR: calibration to sigma0 (dB), optional speckle filter, RPC geocoding.
+
+A product is a folder (or an archive of it), e.g. for a dual-polarised fine-strip scene::
+
+    GF3_KAS_FSII_020008_E120.3_N30.3_20200511_L1A_HHHV_L10004795305.meta.xml
+    GF3_KAS_FSII_020008_E120.3_N30.3_20200511_L1A_HH_L10004795305.tiff  (+ .rpc, thumbnails)
+    GF3_KAS_FSII_020008_E120.3_N30.3_20200511_L1A_HV_L10004795305.tiff  (+ .rpc)
+    GF3_KAS_FSII_020008_E120.3_N30.3_20200511_L1A_HHHV_L10004795305.incidence.xml
+
+One TIFF per polarisation: SLC (L1A, ``productType`` SLC) holds I and Q as two integer bands (or
+one complex band); detected products (L1B, L2) one amplitude band (uint16).
+
+Calibration, as SNAP's GF-3 reader does it (``meta.xml``: ``imageinfo/QualifyValue/<POL>`` = the
+scene maximum before quantisation, ``processinfo/CalibrationConst/<POL>`` = K in dB)::
+
+    SLC:      A = sqrt(I² + Q²) · QualifyValue / 32767
+    detected: A = DN · QualifyValue / 65535
+    sigma0_dB = 10 · log10(A²) − K
+
+A missing, 'NULL' or NaN QualifyValue / CalibrationConst for a polarisation that is read is an
+error naming the product and the polarisation (a guessed constant would shift every value).
+DN 0 (I = Q = 0) is nodata. The speckle filter (``gf3.speckle``: lee / refined_lee,
+``gf3.window``) works on linear sigma0 in sensor geometry; the image is then geocoded with the RPCs
+like GF-2 (bilinear on linear power) and converted to dB last. A TIFF that is already georeferenced
+(a geocoded L2 product) keeps its own grid. Bands are named by polarisation (HH, HV, VH, VV).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+from pipeline.config import GridConfig, ProductsConfig, Sensor
+from pipeline.errors import InputError
+from pipeline.products import rpc as rpcs
+from pipeline.products import speckle
+from pipeline.products.common import (
+    ReadProduct, atomic_output, describe, find, find_files, geotiff_profile, local, number, parse_time,
+    parse_xml, row_blocks, sibling, text, to_db_in_place,
+)
+
+NAME = re.compile(
+    r"^(?P<satellite>GF3[BC]?)_(?P<station>[A-Z]+)_(?P<mode>[A-Z]+)_(?P<orbit>\d+)_(?P<lon>[EW][\d.]+)"
+    r"_(?P<lat>[NS][\d.]+)_(?P<date>\d{8})_(?P<level>L1A|L1B|L2)_(?P<pol>[A-Z]+)_L(?P<number>\d+)",
+    re.IGNORECASE,
+)
+POLARISATIONS = ("HH", "HV", "VH", "VV")
+POLAR_MODES = {
+    "AHV": ["HH", "HV", "VH", "VV"], "QUAD": ["HH", "HV", "VH", "VV"],
+    "DH": ["HH"], "DV": ["VV"],
+    "HHHV": ["HH", "HV"], "HVHH": ["HH", "HV"], "VVVH": ["VV", "VH"], "VHVV": ["VV", "VH"],
+    "HH": ["HH"], "VV": ["VV"], "HV": ["HV"], "VH": ["VH"],
+}
+SLC_SCALE = 32767.0
+DETECTED_SCALE = 65535.0
+
+
+def product_name(name: str) -> str | None:
+    match = NAME.match(name)
+    return None if match is None else name[: match.end()]
+
+
+def sigma0_linear(samples: np.ndarray, qualify_value: float, calibration_const_db: float, *, slc: bool) -> np.ndarray:
+    """Linear sigma0 from raw samples: (2, H, W) I/Q for SLC, (H, W) DN for detected; NaN = nodata."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if slc:
+        i, q = samples[0], samples[1]
+        power = (i * i + q * q) * (qualify_value / SLC_SCALE) ** 2
+        invalid = (i == 0) & (q == 0)
+    else:
+        power = (samples * (qualify_value / DETECTED_SCALE)) ** 2
+        invalid = samples == 0
+    sigma0 = power / 10.0 ** (calibration_const_db / 10.0)
+    sigma0[invalid | ~np.isfinite(sigma0)] = np.nan
+    return sigma0.astype(np.float32)
+
+
+def sigma0_db(samples: np.ndarray, qualify_value: float, calibration_const_db: float, *, slc: bool) -> np.ndarray:
+    """sigma0 in dB (SNAP's formula); NaN = nodata."""
+    linear = sigma0_linear(samples, qualify_value, calibration_const_db, slc=slc)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(linear > 0, 10.0 * np.log10(linear), np.nan).astype(np.float32)
+
+
+def locate(root: Path, product: Path) -> tuple[Path, dict[str, Path]]:
+    """The meta.xml and the TIFF of each polarisation."""
+    if root.is_file():
+        metas = [root]
+        folder = root.parent
+    else:
+        metas = find_files(root, lambda n: n.lower().endswith(".meta.xml"))
+        if not metas:
+            raise InputError(product, "missing file: no ….meta.xml in the GF-3 product")
+        if len(metas) > 1:
+            raise InputError(product, f"holds {len(metas)} meta.xml files; give one product per folder")
+        folder = metas[0].parent
+    wanted = product_name(metas[0].name)
+    tiffs: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        match = NAME.match(path.name)
+        if match and path.name.lower().endswith((".tif", ".tiff")) and match["pol"].upper() in POLARISATIONS:
+            same = wanted is None or (match["number"] == NAME.match(wanted)["number"])
+            if same:
+                tiffs[match["pol"].upper()] = path
+    return metas[0], tiffs
+
+
+def read_metadata(meta: Path, product: Path) -> dict:
+    root = parse_xml(meta, product)
+    if local(root.tag) != "product":
+        raise InputError(product, f"malformed XML in {meta.name}: root element is <{root.tag}>, expected <product>")
+    acquired = parse_time(text(root, "imageinfo", "imagingTime", "start"))
+    if acquired is None:
+        raise InputError(product, f"malformed XML in {meta.name}: no readable imageinfo/imagingTime/start")
+    mode = (text(root, "polarParams", "polar", "polarMode") or "").upper()
+    calibration = {}
+    for pol in POLARISATIONS:
+        calibration[pol] = (number(root, "imageinfo", "QualifyValue", pol), number(root, "processinfo", "CalibrationConst", pol))
+    looks_range = number(root, "processinfo", "MultilookRange") or 1.0
+    looks_azimuth = number(root, "processinfo", "MultilookAzimuth") or 1.0
+    return {
+        "acquired": acquired,
+        "product_type": (text(root, "productinfo", "productType") or "").upper(),
+        "product_level": text(root, "productinfo", "productLevel"),
+        "imaging_mode": text(root, "sensor", "imagingMode"),
+        "polar_mode": mode,
+        "polarisations": POLAR_MODES.get(mode),
+        "calibration": calibration,
+        "looks": looks_range * looks_azimuth,
+        "direction": text(root, "Direction"),
+        "look_direction": text(root, "sensor", "lookDirection"),
+        "incidence_near": number(root, "processinfo", "incidenceAngleNearRange"),
+        "incidence_far": number(root, "processinfo", "incidenceAngleFarRange"),
+        "satellite": text(root, "satellite") or "GF3",
+        "width": number(root, "imageinfo", "width"),
+        "height": number(root, "imageinfo", "height"),
+    }
+
+
+def _rpc_file(tiff: Path, folder: Path) -> Path | None:
+    found = sibling(tiff, (".rpc", ".rpb"))
+    if found is not None:
+        return found
+    others = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".rpc", ".rpb"))
+    return others[0] if others else None
+
+
+def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: GridConfig, out: Path) -> ReadProduct:
+    meta_path, tiffs = locate(root, product)
+    meta = read_metadata(meta_path, product)
+    delivered = meta["polarisations"] or sorted(tiffs)
+    if not delivered:
+        raise InputError(product, f"no polarisation in {meta_path.name} (polarMode '{meta['polar_mode']}') and no image")
+    wanted = settings.gf3.polarisations or delivered
+    unknown = [p for p in wanted if p not in delivered]
+    if unknown:
+        raise InputError(product, f"polarisation(s) {', '.join(unknown)} asked for (gf3.polarisations) but the product has {', '.join(delivered)}")
+    for pol in wanted:
+        if pol not in tiffs:
+            raise InputError(product, f"missing band file: no image for polarisation {pol} (…_{pol}_….tiff)")
+        qualify, constant = meta["calibration"][pol]
+        if qualify is None or qualify <= 0:
+            raise InputError(product, f"QualifyValue for {pol} is missing or NaN in {meta_path.name}; cannot calibrate")
+        if constant is None:
+            raise InputError(product, f"CalibrationConst for {pol} is missing or NaN in {meta_path.name}; cannot calibrate")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        shapes = {}
+        for pol in wanted:
+            try:
+                with rasterio.open(tiffs[pol]) as src:
+                    shapes[pol] = (src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform)
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputError(product, f"{tiffs[pol].name} is not a readable image ({exc})") from None
+    width, height, count, dtype, src_crs, src_transform = shapes[wanted[0]]
+    if any(s[:2] != (width, height) for s in shapes.values()):
+        raise InputError(product, "the polarisation images differ in size")
+    complex_dtype = dtype.startswith("complex")
+    slc = meta["product_type"] == "SLC" or count == 2 or complex_dtype
+    if slc and not (count == 2 or (count == 1 and complex_dtype)):
+        raise InputError(product, f"{tiffs[wanted[0]].name}: SLC product with {count} band(s); expected I and Q")
+    if not slc and count != 1:
+        raise InputError(product, f"{tiffs[wanted[0]].name}: detected product with {count} bands; expected 1")
+    georeferenced = src_crs is not None and not src_transform.is_identity
+    looks = settings.gf3.looks or meta["looks"]
+
+    tags = {
+        "PRODUCT_ID": name, "SENSOR": "gf3", "SATELLITE": meta["satellite"],
+        "ACQUISITION_TIME": meta["acquired"].isoformat(), "ACQUISITION_DATE": meta["acquired"].date().isoformat(),
+        "PRODUCT_TYPE": meta["product_type"] or ("SLC" if slc else "detected"), "PRODUCT_LEVEL": meta["product_level"],
+        "IMAGING_MODE": meta["imaging_mode"], "ORBIT_DIRECTION": meta["direction"], "LOOK_DIRECTION": meta["look_direction"],
+        "INCIDENCE_NEAR": meta["incidence_near"], "INCIDENCE_FAR": meta["incidence_far"],
+        "POLARISATIONS": ",".join(wanted), "UNITS": "sigma0 dB",
+        "CALIBRATION": "sigma0_dB = 10 log10(A^2) - K, A = " + ("sqrt(I^2+Q^2) Qv/32767" if slc else "DN Qv/65535"),
+        "SPECKLE_FILTER": "none" if settings.gf3.speckle == "none" else f"{settings.gf3.speckle} {settings.gf3.window}x{settings.gf3.window}, {looks:g} looks",
+        **{f"QUALIFY_VALUE_{p}": meta["calibration"][p][0] for p in wanted},
+        **{f"CALIBRATION_CONST_{p}": meta["calibration"][p][1] for p in wanted},
+    }
+
+    sensor_profile = geotiff_profile(
+        width=width, height=height, count=len(wanted), dtype="float32",
+        crs=src_crs if georeferenced else None, transform=src_transform, nodata=float("nan"),
+    )
+    with atomic_output(out) as partial:
+        stage = partial if georeferenced else partial.with_name(partial.stem + ".sensor.tif")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with rasterio.open(stage, "w", **sensor_profile) as dst:
+                    for band, pol in enumerate(wanted, start=1):
+                        qualify, constant = meta["calibration"][pol]
+                        _calibrate(tiffs[pol], dst, band, qualify, constant, slc, complex_dtype, settings, looks)
+            if georeferenced:
+                with rasterio.open(partial, "r+") as dst:
+                    to_db_in_place(dst)
+                    describe(dst, names=tuple(wanted), tags={**tags, "GEOCODING": "as delivered"})
+            else:
+                rpc_path = _rpc_file(tiffs[wanted[0]], tiffs[wanted[0]].parent)
+                if rpc_path is None:
+                    raise InputError(product, "missing RPC file (.rpc / .rpb) for geocoding")
+                rpc = rpcs.read_rpc(rpc_path)
+                h = settings.height if settings.height is not None else rpc.height_off
+                crs, resolution = rpcs.ortho_target(
+                    rpc, width, height, h, crs=settings.crs or grid.crs, resolution=settings.resolution or grid.resolution,
+                )
+                transform, out_width, out_height = rpcs.ortho_grid(rpc, width, height, h, crs, resolution)
+                profile = geotiff_profile(
+                    width=out_width, height=out_height, count=len(wanted), dtype="float32",
+                    crs=crs, transform=transform, nodata=float("nan"),
+                )
+                options = rpcs.rpc_warp_options(rpc, height=settings.height, dem=settings.dem, dem_srs=settings.dem_srs)
+                with rasterio.open(partial, "w+", **profile) as dst:
+                    rpcs.orthorectify(
+                        stage, dst, rpc=rpc, bands=list(range(1, len(wanted) + 1)),
+                        dst_bands=list(range(1, len(wanted) + 1)), resampling=Resampling.bilinear,
+                        src_nodata=float("nan"), dst_nodata=float("nan"), options=options,
+                    )
+                    to_db_in_place(dst)
+                    geocoding = "RPC, DEM " + str(settings.dem) if settings.dem else f"RPC, constant height {h:g} m"
+                    describe(dst, names=tuple(wanted), tags={**tags, "GEOCODING": geocoding})
+        finally:
+            if stage != partial:
+                stage.unlink(missing_ok=True)
+    return ReadProduct(out, product, Sensor.gf3, name, meta["acquired"], tuple(wanted), {k: str(v) for k, v in tags.items()})
+
+
+def _calibrate(tiff: Path, dst, band: int, qualify: float, constant: float, slc: bool, complex_dtype: bool,
+               settings: ProductsConfig, looks: float) -> None:
+    """Linear sigma0 of one polarisation into ``band`` of ``dst``, speckle-filtered if asked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tiff) as src:
+            def read_rows(r0: int, r1: int) -> np.ndarray:
+                window = Window(0, r0, src.width, r1 - r0)
+                try:
+                    raw = src.read(window=window)
+                except rasterio.errors.RasterioIOError as exc:
+                    raise InputError(tiff, f"read failed, the file may be truncated or corrupt ({exc})") from None
+                if complex_dtype:
+                    raw = np.stack([raw[0].real, raw[0].imag])
+                samples = raw if slc else raw[0]
+                return sigma0_linear(samples, qualify, constant, slc=slc)
+
+            def write_rows(r0: int, data: np.ndarray) -> None:
+                dst.write(data.astype(np.float32), band, window=Window(0, r0, data.shape[1], data.shape[0]))
+
+            if settings.gf3.speckle == "none":
+                for window in row_blocks(src.width, src.height, 512):
+                    r0 = int(window.row_off)
+                    write_rows(r0, read_rows(r0, r0 + int(window.height)))
+            else:
+                speckle.filter_strips(
+                    read_rows, write_rows, src.height, method=settings.gf3.speckle,
+                    window=settings.gf3.window, looks=looks,
+                )
