@@ -162,9 +162,10 @@ def _build_group(
         if role is Role.A:
             continue
         path = work / "grid" / f"{role.value}.tif"
-        if role is Role.label:
+        if role.is_label:
+            encoding = config.label_encoding if role is Role.label else "classes"
             with warped(scene, grid) as source:
-                write_cog(source, path, grid=grid, block_size=config.block_size, label_encoding=config.label_encoding)
+                write_cog(source, path, grid=grid, block_size=config.block_size, label_encoding=encoding)
             paths[role] = path
             continue
         correction = Affine.identity()

@@ -32,6 +32,13 @@ class Role(str, Enum):
     B = "B"  # SAR t2 (or a second optical date in LEVIR-style pairs)
     C = "C"  # optical t2 (GOLD's teacher input)
     label = "label"  # change mask: 0 no change, 1 change, 255 ignore
+    semantic_t1 = "semantic_t1"  # land-cover classes at t1 (0..K-1, 255 ignore), for semantic change
+    semantic_t2 = "semantic_t2"  # land-cover classes at t2
+
+    @property
+    def is_label(self) -> bool:
+        """A label raster (categorical, one band, 255 = ignore), not an image."""
+        return self in (Role.label, Role.semantic_t1, Role.semantic_t2)
 
 
 SAR_SENSORS = frozenset({Sensor.gf3})
@@ -257,7 +264,7 @@ class PrepareConfig(StrictModel):
     @field_validator("expected_bands")
     @classmethod
     def _label_has_one_band(cls, value: dict[Role, int]) -> dict[Role, int]:
-        if value.get(Role.label, 1) != 1:
+        if any(count != 1 for role, count in value.items() if role.is_label):
             raise ValueError("a label raster has exactly one band")
         return value
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import rasterio
@@ -96,7 +97,7 @@ def reference_grid(group: Group, common_crs: CRS | None, config: GridConfig) -> 
 
 def grid_nodata(scene: Scene) -> float:
     """Nodata of a gridded image: the source's, else 255 for labels, 0 for integers, NaN for floats."""
-    if scene.role is Role.label:
+    if scene.role.is_label:
         return LABEL_NODATA
     if scene.nodata is not None:
         return scene.nodata
@@ -116,7 +117,7 @@ def warped(
     ground (the co-registration matrix); warping to ``grid.transform @ correction`` and labelling
     the result with ``grid.transform`` applies it within the single resampling.
     """
-    resampling = Resampling.nearest if scene.role is Role.label else Resampling.bilinear
+    resampling = Resampling.nearest if scene.role.is_label else Resampling.bilinear
     nodata = grid_nodata(scene)
     with open_raster(scene.path) as source:
         if grid.crs is not None:
@@ -127,13 +128,13 @@ def warped(
                 width=grid.width,
                 height=grid.height,
                 resampling=resampling,
-                nodata=None if scene.role is Role.label else nodata,
-                add_alpha=scene.role is Role.label,
+                nodata=None if scene.role.is_label else nodata,
+                add_alpha=scene.role.is_label,
             ) as vrt:
                 yield vrt
             return
         with _pixel_space_warp(
-            source, grid, correction, resampling, nodata, scene.role is Role.label
+            source, grid, correction, resampling, nodata, scene.role.is_label
         ) as dataset:
             yield dataset
 
@@ -184,9 +185,14 @@ def _pixel_space_warp(
                 yield dataset
 
 
-def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding) -> np.ndarray:
-    """Canonical label: 0 no change, 1 change, 255 ignore (or outside the source)."""
-    if encoding == "binary255":
+def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding | Literal["classes"]) -> np.ndarray:
+    """Canonical label: 0 no change, 1 change, 255 ignore (or outside the source).
+
+    ``"classes"`` (semantic rasters) keeps the class ids 0..254 as they are.
+    """
+    if encoding == "classes":
+        label = values.astype(np.uint8)
+    elif encoding == "binary255":
         label = (values > 127).astype(np.uint8)
     else:
         label = np.where(np.isin(values, (0, 1)), values, LABEL_NODATA).astype(np.uint8)
@@ -207,7 +213,7 @@ def write_cog(
     *,
     grid: GroupGrid,
     block_size: int,
-    label_encoding: LabelEncoding | None = None,
+    label_encoding: LabelEncoding | Literal["classes"] | None = None,
     tags: dict[str, str] | None = None,
 ) -> Path:
     """Stream ``source`` (already on ``grid``) into a COG labelled with the grid's georeferencing.

@@ -21,7 +21,7 @@ from shapely.geometry.base import BaseGeometry
 from pipeline.catalog import Scene
 from pipeline.config import Role
 
-MEMBER_ROLES = (Role.B, Role.C, Role.label)
+MEMBER_ROLES = (Role.B, Role.C, Role.label, Role.semantic_t1, Role.semantic_t2)
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def _group_from(name: str, reference: Scene, candidates: dict[Role, list[Scene]]
     # A label's unlabelled pixels (255) are not missing data: it does not shrink the common area.
     common = ref_fp
     for role, scene in members.items():
-        if role is not Role.label:
+        if not role.is_label:
             common = common.intersection(footprints[scene.id])
     return Group(name=name, members=members, ratios=ratios, common_area=common, excluded=rejected), rejected
 

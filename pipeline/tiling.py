@@ -150,7 +150,7 @@ def cut_tiles(
         blocks: dict[Role, np.ndarray] = {}
         black: dict[str, float] = {}
         for role, dataset in images.items():
-            is_label = role is Role.label
+            is_label = role.is_label
             black_value = config.black_value if not is_label and is_integer(dataset.dtypes[0]) else None
             data, valid = read_window(dataset, window, black_value=black_value)
             blocks[role] = data
