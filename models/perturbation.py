@@ -97,9 +97,13 @@ class PerturbationConfig:
             fields = [f.name for f in dataclasses.fields(cls)]
             unknown = sorted(set(options) - set(fields))
             if unknown:
-                raise ValueError(f"unknown perturbation option(s) {', '.join(unknown)}; accepted: preset, {', '.join(fields)}")
+                raise ValueError(
+                    f"unknown perturbation option(s) {', '.join(unknown)}; accepted: preset, {', '.join(fields)}"
+                )
             return dataclasses.replace(base, **options)
-        raise ValueError(f"perturbation must be a preset name, a dict or a PerturbationConfig, got {type(value).__name__}")
+        raise ValueError(
+            f"perturbation must be a preset name, a dict or a PerturbationConfig, got {type(value).__name__}"
+        )
 
 
 _PRESETS = {

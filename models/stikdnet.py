@@ -227,7 +227,9 @@ class RefineModule(nn.Module):
         super().__init__()
         self.ca = ChannelAttention(channels, 16)
         self.sa = SpatialAttention(7)
-        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = x * self.ca(x)
@@ -371,7 +373,7 @@ class STIKDNet(ChangeModel):
         feats = [x[..., : math.ceil(h / s), : math.ceil(w / s)] for x, s in zip(d, (4, 8, 16, 32))]
         return logits[..., :h, :w], feats
 
-    def forward(self, t1: Tensor, t2: Tensor) -> dict[str, Tensor]:
+    def forward(self, t1: Tensor, t2: Tensor) -> dict[str, Any]:
         check_input(t1, self.t1_channels, "STIKDNet t1")
         check_input(t2, self.t2_channels, "STIKDNet t2")
         if t1.shape[-2:] != t2.shape[-2:] or t1.shape[0] != t2.shape[0]:

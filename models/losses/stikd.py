@@ -85,7 +85,9 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * bce + self.dice_weight * (1.0 - dice)
 
 
-def kd_target_map(teacher_logits: Tensor, mode: KDTarget, target: Tensor | None = None, ignore_index: int = 255) -> Tensor:
+def kd_target_map(
+    teacher_logits: Tensor, mode: KDTarget, target: Tensor | None = None, ignore_index: int = 255
+) -> Tensor:
     """The hard KD target [N, H, W] of ``"argmax"`` / ``"reference"`` (B3); ignored label pixels stay ignored."""
     z = teacher_logits.detach().float()
     if mode == "argmax":

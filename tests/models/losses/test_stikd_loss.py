@@ -151,7 +151,8 @@ def test_feature_term_is_zero_for_equal_features_and_trains_only_the_student(kin
     total.backward()
     assert all(f.grad is None for f in clean) and all(f.grad.abs().sum() > 0 for f in moved)
     # feature_weight = 0: features are ignored.
-    _, parts = StikdLoss(feature_weight=0.0)({"logits": logits, "student_logits": logits, "features": clean, "student_features": moved}, y)
+    outputs = {"logits": logits, "student_logits": logits, "features": clean, "student_features": moved}
+    _, parts = StikdLoss(feature_weight=0.0)(outputs, y)
     assert "feature" not in parts
 
 
