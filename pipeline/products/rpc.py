@@ -52,7 +52,7 @@ _VECTORS = {
     "sampDenCoef": "samp_den_coeff",
 }
 _REQUIRED = set(_SCALARS) - {"errBias", "errRand"} | set(_VECTORS)
-_ASSIGNMENT = re.compile(r"(\w+)\s*=\s*(\([^)]*\)|[^;]*);", re.DOTALL)
+_ASSIGNMENT = re.compile(r"(\w+)[ \t]*=[ \t]*(\([^)]*\)|[^;\n]*);")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
