@@ -1,0 +1,82 @@
+"""Archives are extracted safely: nothing outside the folder, no links, bounded size and count."""
+
+from __future__ import annotations
+
+import tarfile
+import zipfile
+
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.products.archive import Limits, archive_stem, extract, list_members
+from pipeline.products.fixtures import write_hostile_tar, write_hostile_zip
+
+
+def _good_zip(path):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("P.SAFE/MTD_MSIL2A.xml", "<x/>")
+        zf.writestr("P.SAFE/GRANULE/G/IMG_DATA/a.jp2", b"1234")
+    return path
+
+
+def test_extracts_a_well_formed_zip_and_tar(tmp_path):
+    out = extract(_good_zip(tmp_path / "p.zip"), tmp_path / "x")
+    assert (out / "P.SAFE" / "GRANULE" / "G" / "IMG_DATA" / "a.jp2").read_bytes() == b"1234"
+    with tarfile.open(tmp_path / "p.tar.gz", "w:gz") as tf:
+        tf.add(out / "P.SAFE", arcname="P.SAFE")
+    again = extract(tmp_path / "p.tar.gz", tmp_path / "y")
+    assert (again / "P.SAFE" / "MTD_MSIL2A.xml").read_text() == "<x/>"
+    assert sorted(list_members(tmp_path / "p.tar.gz")) == ["P.SAFE/GRANULE/G/IMG_DATA/a.jp2", "P.SAFE/MTD_MSIL2A.xml"]
+    assert archive_stem(tmp_path / "S2A_X.SAFE.zip") == "S2A_X.SAFE"
+    assert archive_stem(tmp_path / "GF2_X.tar.gz") == "GF2_X"
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("dotdot", "outside the extraction folder"),
+        ("absolute", "absolute path"),
+        ("symlink", "symbolic link"),
+    ],
+)
+def test_hostile_zip_is_refused_naming_the_archive(tmp_path, kind, problem):
+    archive = write_hostile_zip(tmp_path / f"{kind}.zip", kind)
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(InputError, match=problem) as info:
+        extract(archive, target)
+    assert info.value.path == archive
+    assert not target.exists() and not (tmp_path / "escaped.txt").exists()
+    assert not list((tmp_path / "deep").glob(".*partial"))  # no staging folder left behind
+
+
+@pytest.mark.parametrize(("kind", "problem"), [("dotdot", "outside the extraction folder"), ("symlink", "is a link")])
+def test_hostile_tar_is_refused(tmp_path, kind, problem):
+    archive = write_hostile_tar(tmp_path / f"{kind}.tar.gz", kind)
+    with pytest.raises(InputError, match=problem):
+        extract(archive, tmp_path / "deep" / "out")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "deep" / "escaped.txt").exists()
+
+
+def test_extraction_stops_at_the_size_cap(tmp_path):
+    archive = write_hostile_zip(tmp_path / "bomb.zip", "bomb")  # 8 MiB of zeros, a few kB packed
+    assert archive.stat().st_size < 100_000
+    with pytest.raises(InputError, match="expands beyond 1048576 bytes"):
+        extract(archive, tmp_path / "out", Limits(max_bytes=1 << 20))
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".*partial"))  # the staging folder is removed
+
+
+def test_member_count_is_capped(tmp_path):
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for k in range(12):
+            zf.writestr(f"f{k}.txt", "x")
+    with pytest.raises(InputError, match="more than 10 members"):
+        extract(path, tmp_path / "out", Limits(max_members=10))
+
+
+def test_not_an_archive(tmp_path):
+    path = tmp_path / "fake.zip"
+    path.write_bytes(b"this is not a zip")
+    with pytest.raises(InputError, match="not a readable archive"):
+        extract(path, tmp_path / "out")
