@@ -305,7 +305,15 @@ def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictM
 def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
     """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
     if isinstance(config, TrainConfig):
-        return config if config.data.is_absolute() else config.model_copy(update={"data": base / config.data})
+        text = config.text
+        if text is not None:
+            text = text.model_copy(update={
+                key: getattr(text, key) if getattr(text, key) is None or getattr(text, key).is_absolute()
+                else base / getattr(text, key)
+                for key in ("prompts", "embeddings")
+            })
+        data = config.data if config.data.is_absolute() else base / config.data
+        return config.model_copy(update={"data": data, "text": text})
     if isinstance(config, IngestConfig):
         return config.model_copy(update={
             key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
@@ -353,6 +361,28 @@ def load_scene_list(path: Path) -> list[SceneEntry]:
 
 
 
+class TextConfig(StrictModel):
+    """Prompt embeddings of text-guided models (SegChange-R1); see :mod:`pipeline.prompts`."""
+
+    source: Literal["minilm", "file", "hash", "none"] = Field(
+        default="minilm",
+        description="minilm: the offline MiniLM encoder (extra 'text'); file: precomputed embeddings; "
+        "hash: dependency-free test embeddings; none: no text.",
+    )
+    prompt: str | None = Field(default=None, description="Prompt for every tile (overrides the file's default).")
+    prompts: Path | None = Field(default=None, description="Per-tile / per-group prompts (YAML, CSV or prompts.txt).")
+    embeddings: Path | None = Field(default=None, description="Embedding file for source 'file'.")
+    max_tokens: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> TextConfig:
+        if self.source != "none" and self.prompt is None and self.prompts is None:
+            raise ValueError("text needs 'prompt' or 'prompts' (or source: none)")
+        if self.source == "file" and self.embeddings is None:
+            raise ValueError("text source 'file' needs 'embeddings'")
+        return self
+
+
 class TrainConfig(StrictModel):
     """Configuration of `changeflow train`."""
 
@@ -381,6 +411,7 @@ class TrainConfig(StrictModel):
     crop: int | None = Field(default=None, ge=16)
     augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    text: TextConfig | None = Field(default=None, description="Prompts of text-guided models.")
 
 
 class VectorizeConfig(StrictModel):

@@ -38,6 +38,7 @@ from pipeline.dataset import TileDataset, check_index, fit_normalization, load_i
 from pipeline.errors import ConfigError, InputError
 from pipeline.metrics import as_floats, change_metrics
 from pipeline.normalization import BandStats
+from pipeline.semantic_metrics import SemanticChangeMetrics
 
 METRICS_CSV = "metrics.csv"
 
@@ -98,9 +99,50 @@ def build_model(name: str, options: dict[str, Any], channels: dict[str, int]) ->
 
 def _forward(model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig, teacher: bool) -> dict:
     t1, t2 = (batch[role] for role in config.inputs)
+    text = {key: batch[key] for key in ("text", "text_mask") if key in batch}
     if teacher:
-        return model(t1, t2, batch[config.teacher_input])
-    return model(t1, t2)
+        return model(t1, t2, batch[config.teacher_input], **text)
+    return model(t1, t2, **text)
+
+
+def _as_float(value: Any) -> Any:
+    """Model outputs in float32 for the loss (tensors, or lists of tensors such as per-level features)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_float(v) for v in value]
+    return value.float() if torch.is_tensor(value) else value
+
+
+def loss_target(batch: dict[str, torch.Tensor], semantic: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The change label, or for semantic change models {"change", "t1", "t2"}."""
+    if not semantic:
+        return batch["label"]
+    return {"change": batch["label"], "t1": batch["semantic_t1"], "t2": batch["semantic_t2"]}
+
+
+def semantic_classes(config: TrainConfig) -> int:
+    """K for semantic change models (from the options, else the class default), 0 for binary ones."""
+    cls = model_class(config.model)
+    if not getattr(cls, "semantic_classes", 0):
+        return 0
+    default = inspect.signature(cls.__init__).parameters.get("semantic_classes")
+    fallback = default.default if default is not None else cls.semantic_classes
+    return int(config.model_options.get("semantic_classes", fallback))
+
+
+def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
+    """Prompt embeddings of a text-guided model (None without a text config or with source none)."""
+    from pipeline.prompts import build_prompt_embeddings  # the text extra only when text is used
+
+    text = config.text
+    if text is None:
+        return None
+    try:
+        return build_prompt_embeddings(
+            text.source, prompts=text.prompts, default_prompt=text.prompt, embeddings_file=text.embeddings,
+            cache_dir=out / "prompt_cache", max_tokens=text.max_tokens, expected_dim=text_dim,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"text prompts: {exc}") from None
 
 
 def _loader(dataset: TileDataset, config: TrainConfig, ddp: Distributed, shuffle: bool, epoch: int) -> DataLoader:
@@ -129,16 +171,30 @@ def _autocast(device: torch.device, enabled: bool):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    """Change-class metrics of the model (student only) over a loader."""
+def evaluate(
+    model: nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device, classes: int = 0
+) -> dict[str, float]:
+    """Change-class metrics of the model (student only) over a loader; semantic change metrics too
+    (SeK, Fscd, mIoU, ...; :mod:`pipeline.semantic_metrics`) when ``classes`` > 0."""
     model.eval()
     metrics = change_metrics(device)
+    semantic = SemanticChangeMetrics(classes) if classes else None
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with _autocast(device, config.amp):
-            logits = _forward(model, batch, config, teacher=False)["logits"]
-        metrics.update(torch.softmax(logits.float(), dim=1)[:, 1], batch["label"])
-    return as_floats(metrics.compute())
+            outputs = _forward(model, batch, config, teacher=False)
+        probability = torch.softmax(outputs["logits"].float(), dim=1)[:, 1]
+        metrics.update(probability, batch["label"])
+        if semantic is not None:
+            semantic.update(
+                outputs["semantic_t1"].argmax(1).cpu(), outputs["semantic_t2"].argmax(1).cpu(),
+                batch["semantic_t1"].cpu(), batch["semantic_t2"].cpu(),
+                pred_change=(probability > 0.5).long().cpu(), gt_change=batch["label"].cpu(),
+            )
+    values = as_floats(metrics.compute())
+    if semantic is not None:
+        values.update({f"scd_{k}": v for k, v in semantic.compute().items()})
+    return values
 
 
 def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig):
@@ -217,7 +273,8 @@ def train(
     checkpoint = load_checkpoint(out / "last.pt") if resume else None
     if checkpoint is not None and checkpoint["model_name"] != config.model:
         raise InputError(out / "last.pt", f"was trained with model '{checkpoint['model_name']}', not '{config.model}'")
-    bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None)
+    classes = semantic_classes(config)
+    bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
     modalities = {role: config.modalities[role] for role in roles}
     if checkpoint is not None:
         stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
@@ -226,6 +283,7 @@ def train(
     channels = channel_options(config, bands)
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config.model, config.model_options, channels).to(device)
+    prompts = build_prompts(config, out, int(getattr(model, "text_dim", 0))) if model.text_conditioned else None
     loss_name = getattr(model, "default_loss", "change")
     loss_fn = build_loss(loss_name, **config.loss_options).to(device)
     optimizer = _optimizer(model, loss_fn, config)
@@ -240,13 +298,15 @@ def train(
     wrapped = model
     if ddp.world_size > 1:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.text_conditioned and prompts is None,  # the unused text projector
         )
 
     augment = AugmentSettings(crop=config.crop) if config.augment else None
-    train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed)
-    val_set = TileDataset(index, "val", stats)
-    test_set = TileDataset(index, "test", stats)
+    extras = {"semantic": bool(classes), "prompts": prompts}
+    train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed, **extras)
+    val_set = TileDataset(index, "val", stats, **extras)
+    test_set = TileDataset(index, "test", stats, **extras)
     if len(train_set) == 0 or len(val_set) == 0:
         raise InputError(config.data, "the tile index needs train and val tiles")
     out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +326,7 @@ def train(
             "normalization": {role: s.to_dict() for role, s in stats.items()},
             "bands": bands,
             "inputs": list(config.inputs),
+            "semantic_classes": classes,
             "config": config.model_dump(mode="json"),
         }
 
@@ -280,7 +341,8 @@ def train(
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with _autocast(device, config.amp):
                 outputs = _forward(wrapped, batch, config, teacher)
-            loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, batch["label"], epoch + step / max(1, len(loader)))
+            target = loss_target(batch, bool(classes))
+            loss, parts = loss_fn(_as_float(outputs), target, epoch + step / max(1, len(loader)))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -295,7 +357,7 @@ def train(
         scheduler.step()
         if not ddp.is_main:
             continue
-        val = evaluate(model, _loader(val_set, config, Distributed(), False, epoch), config, device)
+        val = evaluate(model, _loader(val_set, config, Distributed(), False, epoch), config, device, classes)
         values = {f"train_{k}": v / max(1, steps) for k, v in totals.items()}
         values.update({f"val_{k}": v for k, v in val.items()}, lr=lr)
         log.write(epoch, values)
@@ -309,7 +371,7 @@ def train(
         log.close()
         best = load_checkpoint(out / "best.pt", device)
         model.load_state_dict(best["model"])
-        test = evaluate(model, _loader(test_set, config, Distributed(), False, 0), config, device) if len(test_set) else {}
+        test = evaluate(model, _loader(test_set, config, Distributed(), False, 0), config, device, classes) if len(test_set) else {}
         result = {"model": config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test}
         (out / "metrics.json").write_text(json.dumps(result, indent=1))
     if ddp.world_size > 1:

@@ -10,7 +10,7 @@ import torch
 import models
 from models.base import ChangeModel
 
-EXPECTED = {"fc_ef", "fc_siam_conc", "fc_siam_diff", "gold", "gold_lite"}
+EXPECTED = {"clearscd", "fc_ef", "fc_siam_conc", "fc_siam_diff", "gold", "gold_lite", "segchange_r1", "stikdnet"}
 
 
 def test_available_lists_all_models() -> None:
@@ -61,9 +61,9 @@ def test_weights_round_trip_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_build_loss() -> None:
-    assert models.available_losses() == ["change", "gold"]
+    assert models.available_losses() == ["change", "clearscd", "gold", "segchange", "stikd"]
     assert isinstance(models.build_loss("gold", weighting="uncertainty"), models.GoldLoss)
-    with pytest.raises(ValueError, match="available losses: change, gold"):
+    with pytest.raises(ValueError, match="available losses: change, clearscd, gold, segchange, stikd"):
         models.build_loss("focal")
     with pytest.raises(ValueError, match="unknown option"):
         models.build_loss("gold", temprature=3)
