@@ -18,7 +18,6 @@ from __future__ import annotations
 from . import clearscd, fc, gold, gold_lite  # noqa: F401  (registers the models)
 from .base import ChangeModel
 from .clearscd import ClearSCD
-from .clearscd import ClearSCD
 from .complexity import complexity, count_flops, count_parameters
 from .fc import FCEF, FCSiamConc, FCSiamDiff
 from .gold import GOLD
@@ -29,7 +28,6 @@ from .registry import available, build, register
 from .stikdnet import STIKDNet  # registers "stikdnet"
 
 __all__ = [
-    "ClearSCD",
     "ClearSCD",
     "FCEF",
     "GOLD",

@@ -77,12 +77,13 @@ from torch import nn
 import models
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import TilingConfig
-from pipeline.errors import ChangeflowError, GroupError, InputError
+from pipeline.errors import ChangeflowError, ConfigError, GroupError, InputError
 from pipeline.normalization import BandStats, normalize
 from pipeline.raster_io import bounded_gdal_cache, is_integer, read_window
 
 PROBABILITY_FILE = "change_probability.tif"
 CLASS_FILE = "change_class.tif"
+SEMANTIC_FILES = ("semantic_t1.tif", "semantic_t2.tif")  # semantic change models only
 PARTIAL_DIR = ".detect-partial"
 JOURNAL = "journal.json"
 DEFAULT_WINDOW = 512
@@ -116,6 +117,7 @@ class DetectionResult:
     megapixels: float
     blocks_resumed: int = 0
     run_id: str = ""
+    semantic: tuple[Path, Path] | None = None  # per-date class maps of semantic change models
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -291,6 +293,36 @@ def _build_model(checkpoint_path: Path, checkpoint: dict, device: torch.device) 
     return model.to(device).eval()
 
 
+def _prompt_embedding(
+    checkpoint_path: Path, checkpoint: dict, group: str, prompt: str | None, device: torch.device, model: nn.Module
+) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """Prompt embedding of a text-guided model for one group (batch of 1) and the prompt used.
+
+    The checkpoint's training text config says which encoder; ``prompt`` overrides its prompt table
+    (looked up by group name, else its default prompt).
+    """
+    text = (checkpoint.get("config") or {}).get("text")
+    if not getattr(model, "text_conditioned", False) or not text or text.get("source") == "none":
+        if prompt is not None:
+            raise ConfigError(f"a prompt was given but {checkpoint_path.name} is not a text-guided checkpoint")
+        return None, None
+    from pipeline.prompts import build_prompt_embeddings  # the text extra only when text is used
+
+    try:
+        embeddings = build_prompt_embeddings(
+            text["source"], prompts=None if prompt is not None else text.get("prompts"),
+            default_prompt=prompt if prompt is not None else text.get("prompt"),
+            embeddings_file=text.get("embeddings"), cache_dir=checkpoint_path.parent / "prompt_cache",
+            max_tokens=int(text.get("max_tokens", 32)), expected_dim=int(getattr(model, "text_dim", 0)),
+        )
+        used = embeddings.prompt_for(group, group)
+        values, mask = embeddings.lookup(group, group)
+    except (ValueError, OSError) as exc:
+        raise InputError(checkpoint_path, f"cannot embed the prompt: {exc}") from None
+    tensors = {"text": torch.from_numpy(values)[None].to(device), "text_mask": torch.from_numpy(mask)[None].to(device)}
+    return tensors, used
+
+
 def resolve_device(choice: str) -> torch.device:
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -384,16 +416,29 @@ def _prefetched(executor: ThreadPoolExecutor, read: Callable, jobs: Iterable, de
 # --------------------------------------------------------------------------- model
 
 
-def _predict(model: nn.Module, t1: torch.Tensor, t2: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Change probability (N, h, w), averaged over the identity and h / v / hv flips with TTA."""
+def _predict(
+    model: nn.Module, t1: torch.Tensor, t2: torch.Tensor, tta: bool, text: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Probabilities (N, 1 + 2K, h, w), averaged over the identity and h / v / hv flips with TTA.
+
+    Channel 0 is the change probability; semantic change models (K classes) add the class posteriors
+    at t1 (channels 1..K) and t2 (K+1..2K). ``text``: prompt embeddings broadcast over the batch.
+    """
     flips: list[tuple[int, ...]] = [()] + ([(-1,), (-2,), (-2, -1)] if tta else [])
+    extra = {}
+    if text is not None:
+        extra = {key: value.expand(t1.shape[0], *value.shape[1:]) for key, value in text.items()}
     total = None
     for dims in flips:
         a, b = (t1.flip(dims), t2.flip(dims)) if dims else (t1, t2)
-        logits = model(a, b)["logits"].float()
+        outputs = model(a, b, **extra)
+        logits = outputs["logits"].float()
         if logits.shape[1] != 2:
             raise ChangeflowError(f"model returns {logits.shape[1]} classes; detection handles binary change (2)")
-        p = torch.softmax(logits, dim=1)[:, 1]
+        parts = [torch.softmax(logits, dim=1)[:, 1:]]
+        if "semantic_t1" in outputs:
+            parts += [torch.softmax(outputs[key].float(), dim=1) for key in ("semantic_t1", "semantic_t2")]
+        p = torch.cat(parts, dim=1)
         p = p.flip(dims) if dims else p
         total = p if total is None else total + p
     return total / len(flips)
@@ -463,14 +508,14 @@ class _Staging:
     def drop_carry(self, kind: str, block_id: str) -> None:
         self.carry_path(kind, block_id).unlink(missing_ok=True)
 
-    def finish_block(self, block_id: str, probability: np.ndarray, classes: np.ndarray) -> None:
-        _atomic_write(self.blocks / f"{block_id}.npz", lambda h: np.savez(h, probability=probability, classes=classes))
+    def finish_block(self, block_id: str, rasters: dict[str, np.ndarray]) -> None:
+        _atomic_write(self.blocks / f"{block_id}.npz", lambda h: np.savez(h, **rasters))
         self.state["done"].append(block_id)
         self._write_journal()
 
-    def block(self, block_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def block(self, block_id: str, name: str) -> np.ndarray:
         with np.load(self.blocks / f"{block_id}.npz") as data:
-            return data["probability"], data["classes"]
+            return data[name]
 
 
 def new_run_id() -> str:
@@ -584,10 +629,21 @@ def _add_piece(acc: torch.Tensor, origin: tuple[int, int], limit: tuple[int, int
     ]
 
 
-def _finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(weighted sum, weight) → probability in the output encoding and classes; weight 0 → nodata."""
-    weighted, weight = core[0], core[1]
+def _finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> dict[str, np.ndarray]:
+    """(weighted sums..., weight) → the block's rasters; weight 0 → nodata.
+
+    "probability" in the output encoding and "classes" (change > threshold); with semantic channels
+    also "semantic_t1" / "semantic_t2": the argmax of the blended class posteriors.
+    """
+    weighted, weight = core[0], core[-1]
     valid = weight > 0
+    rasters = {}
+    if core.shape[0] > 2:
+        k = (core.shape[0] - 2) // 2
+        nodata = torch.full_like(valid, NODATA_U8, dtype=torch.uint8)
+        for index, name in enumerate(("semantic_t1", "semantic_t2")):
+            posterior = core[1 + index * k:1 + (index + 1) * k]
+            rasters[name] = torch.where(valid, posterior.argmax(0).to(torch.uint8), nodata).cpu().numpy()[None]
     p = torch.where(valid, weighted / torch.where(valid, weight, torch.ones_like(weight)), torch.zeros_like(weight))
     p = p.clamp(0.0, 1.0)
     if dtype == "uint8":
@@ -596,7 +652,7 @@ def _finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> 
     else:
         probability = torch.where(valid, p, torch.full_like(p, float("nan")))
     classes = torch.where(valid, (p > threshold).to(torch.uint8), torch.full_like(valid, NODATA_U8, dtype=torch.uint8))
-    return probability.cpu().numpy()[None], classes.cpu().numpy()[None]
+    return {"probability": probability.cpu().numpy()[None], "classes": classes.cpu().numpy()[None], **rasters}
 
 
 def detect_group(
@@ -616,6 +672,7 @@ def detect_group(
     run_id: str | None = None,
     provenance: dict[str, str] | None = None,
     progress: Progress | None = None,
+    prompt: str | None = None,
 ) -> DetectionResult:
     """Sliding-window change detection over the grid rasters of ``group_dir`` into ``out_dir``.
 
@@ -623,6 +680,8 @@ def detect_group(
     names the two inputs (e.g. A and B). ``window`` defaults to the training tile size; ``overlap``
     is the fraction two neighbouring windows share; the class map is ``probability > threshold``.
     ``progress(description, blocks_finished, blocks_total)`` is called after each recorded block.
+    Text-guided models take ``prompt`` (default: the checkpoint's prompt for this group). Semantic
+    change models also write the per-date class maps ``semantic_t1.tif`` / ``semantic_t2.tif``.
     Every input problem raises before inference: InputError naming the file, GroupError naming the group.
     """
     started = time.perf_counter()
@@ -640,6 +699,8 @@ def detect_group(
     stats = {role: BandStats.from_dict(payload["normalization"][role]) for role in inputs.paths}
     torch_device = resolve_device(device)
     model = _build_model(checkpoint, payload, torch_device)
+    text, prompt = _prompt_embedding(checkpoint, payload, inputs.group, prompt, torch_device, model)
+    classes_k = int(payload.get("semantic_classes") or 0)
     window = int(window or default_window(payload))
     if window < 1:
         raise ValueError(f"window must be positive, not {window}")
@@ -649,6 +710,7 @@ def detect_group(
         "window": list(layout.window), "overlap": overlap, "weighting": weighting, "tta": tta,
         "block_size": block_size, "probability_dtype": probability_dtype, "threshold": threshold,
         "inputs": list(inputs.paths),
+        **({"prompt": prompt} if prompt is not None else {}),
     }
     fingerprint = _fingerprint(checkpoint_sha, inputs, settings)
     blocks = layout.blocks()
@@ -680,6 +742,7 @@ def detect_group(
         progress(description, len(done), len(blocks))
 
     weights = torch.from_numpy(importance_map(*layout.window, weighting)).to(torch_device)
+    channels = 1 + 2 * classes_k  # weighted sums; the weight sum is the last accumulator channel
     carries: dict[tuple[str, str], np.ndarray | None] = {}
 
     def carry(kind: str, i: int, j: int) -> np.ndarray | None:
@@ -709,7 +772,7 @@ def detect_group(
                 ext = layout.extended(i, j)
                 core = layout.core(i, j)
                 origin = (ext[0], ext[1])
-                acc = torch.zeros((2, ext[2] - ext[0], ext[3] - ext[1]), dtype=torch.float32, device=torch_device)
+                acc = torch.zeros((channels + 1, ext[2] - ext[0], ext[3] - ext[1]), dtype=torch.float32, device=torch_device)
                 # Contributions of earlier blocks' windows, always in this order.
                 _add_piece(acc, origin, core, carry("right", i, j - 1), (i * b, j * b))
                 _add_piece(acc, origin, core, carry("bottom", i - 1, j - 1), (i * b, (j - 1) * b))
@@ -726,11 +789,11 @@ def detect_group(
                     t1, t2 = (t.to(torch_device, non_blocking=True) for t in tensors)
                     mask = mask.to(torch_device, non_blocking=True)
                     w = weights * mask
-                    wp = w * _predict(model, t1, t2, tta)
+                    wp = w[:, None] * _predict(model, t1, t2, tta, text)
                     for k, (row, col) in enumerate(offsets):
                         r, c = row - origin[0], col - origin[1]
-                        acc[0, r:r + wh, c:c + ww] += wp[k]
-                        acc[1, r:r + wh, c:c + ww] += w[k]
+                        acc[:channels, r:r + wh, c:c + ww] += wp[k]
+                        acc[channels, r:r + wh, c:c + ww] += w[k]
                 block_id = _block_id(i, j)
                 split_r, split_c = core[2] - origin[0], core[3] - origin[1]
                 right = acc[:, :split_r, split_c:]
@@ -741,8 +804,7 @@ def detect_group(
                 if bottom.shape[1]:
                     carries[("bottom", block_id)] = bottom.cpu().numpy()
                     staging.save_carry("bottom", block_id, carries[("bottom", block_id)])
-                probability, classes = _finalise(acc[:, :split_r, :split_c], probability_dtype, threshold)
-                staging.finish_block(block_id, probability, classes)
+                staging.finish_block(block_id, _finalise(acc[:, :split_r, :split_c], probability_dtype, threshold))
                 forget("right", i, j - 1)
                 forget("bottom", i - 1, j - 1)
                 if j == layout.block_cols - 1:
@@ -757,21 +819,28 @@ def detect_group(
     tags["RUN_ID"] = run_id
     base = {"width": inputs.width, "height": inputs.height, "count": 1, "crs": inputs.crs, "transform": inputs.transform}
 
-    def staged(index: int) -> Iterator[tuple[Window, np.ndarray]]:
+    def staged(name: str) -> Iterator[tuple[Window, np.ndarray]]:
         for i, j in blocks:
             r0, c0, r1, c1 = layout.core(i, j)
-            yield Window(c0, r0, c1 - c0, r1 - r0), staging.block(_block_id(i, j))[index]
+            yield Window(c0, r0, c1 - c0, r1 - r0), staging.block(_block_id(i, j), name)
 
     probability_profile = {
         **base, "dtype": probability_dtype,
         "nodata": NODATA_U8 if probability_dtype == "uint8" else float("nan"),
     }
     scale = "probability × 254 (255 = nodata)" if probability_dtype == "uint8" else "probability (NaN = nodata)"
-    write_cog_from_blocks(probability_path, probability_profile, staged(0), staging=staging.root / "probability.tif",
+    write_cog_from_blocks(probability_path, probability_profile, staged("probability"), staging=staging.root / "probability.tif",
                           categorical=False, tags={**tags, "VALUES": f"change {scale}"})
-    write_cog_from_blocks(class_path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged(1),
+    write_cog_from_blocks(class_path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged("classes"),
                           staging=staging.root / "classes.tif", categorical=True,
                           tags={**tags, "VALUES": f"0 no change, 1 change (probability > {threshold}), 255 nodata"})
+    semantic = None
+    if classes_k:
+        semantic = tuple(out_dir / name for name in SEMANTIC_FILES)
+        for path, name in zip(semantic, ("semantic_t1", "semantic_t2")):
+            write_cog_from_blocks(path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged(name),
+                                  staging=staging.root / f"{name}.tif", categorical=True,
+                                  tags={**tags, "VALUES": f"class 0..{classes_k - 1} at {name[-2:]}, 255 nodata"})
     shutil.rmtree(staging.root, ignore_errors=True)
     return DetectionResult(probability_path, class_path, len(todo), len(blocks),
-                           time.perf_counter() - started, megapixels, len(done), run_id)
+                           time.perf_counter() - started, megapixels, len(done), run_id, semantic)

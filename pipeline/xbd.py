@@ -8,14 +8,14 @@ minor-damage, major-damage, destroyed, un-classified}.
 
 :func:`convert_xbd` writes the folder layout that :func:`pipeline.dataset.load_index` reads::
 
-    out/{train,val,test}/{A,B,label,label_t1,label_t2}/<pair>_<row>_<col>.tif
+    out/{train,val,test}/{A,B,label,semantic_t1,semantic_t2}/<pair>_<row>_<col>.tif
 
 - ``A`` = pre image, ``B`` = post image (3-band uint8);
-- ``label_t1`` (pre date): 0 background, 1 building; ``label_t2`` (post date): 0 background, 1 no-damage, 2 minor,
+- ``semantic_t1`` (pre date): 0 background, 1 building; ``semantic_t2`` (post date): 0 background, 1 no-damage, 2 minor,
   3 major, 4 destroyed, 255 un-classified — one class list for both dates (:data:`XBD_CLASSES`, K = 5) so a shared
   semantic head (ClearSCD) predicts both: class 1 is "intact building" at either date;
 - ``label`` = binary change, 0/1, 255 = ignore: **change = a building with damage ≥ minor** (minor, major, destroyed);
-  intact buildings and background are "no change". With this choice change ⇔ label_t1 ≠ label_t2 on every labelled
+  intact buildings and background are "no change". With this choice change ⇔ semantic_t1 ≠ semantic_t2 on every labelled
   pixel, so the binary and the semantic labels never contradict each other. (A folder dataset reads these labels
   with ``folder_labels="change01"``; the default "binary255" would turn 255 into change.)
 - ignored (255 in all three maps): un-classified buildings (t1 stays 1: the building exists before), and the few
@@ -57,11 +57,11 @@ from pipeline.errors import InputError
 XBD_CLASSES: tuple[str, ...] = ("background", "building (no damage)", "minor-damage", "major-damage", "destroyed")
 """Semantic classes of both dates (index = label value)."""
 XBD_T2_CODES: dict[str, int] = {"no-damage": 1, "minor-damage": 2, "major-damage": 3, "destroyed": 4, "un-classified": 255}
-"""Post-disaster ``subtype`` → label_t2 value."""
+"""Post-disaster ``subtype`` → semantic_t2 value."""
 CHANGE_MIN_CODE = 2
-"""label_t2 ≥ this (minor-damage and worse) is change."""
+"""semantic_t2 ≥ this (minor-damage and worse) is change."""
 IGNORE = 255
-ROLES = ("A", "B", "label", "label_t1", "label_t2")
+ROLES = ("A", "B", "label", "semantic_t1", "semantic_t2")
 SPLITS = ("train", "val", "test")
 
 
@@ -137,7 +137,7 @@ def _burn(shapes: list[tuple[Any, int]], shape: tuple[int, int]) -> np.ndarray:
 def rasterize_pair(
     pre: list[tuple[Any, str | None]], post: list[tuple[Any, str | None]], shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """``(label_t1, label_t2, change, disagreement_pixels)`` as uint8 arrays; see the module docstring."""
+    """``(semantic_t1, semantic_t2, change, disagreement_pixels)`` as uint8 arrays; see the module docstring."""
     t1 = _burn([(g, 1) for g, _ in pre if not g.is_empty], shape)
     burn_t2 = []
     for geom, subtype in post:
@@ -197,7 +197,7 @@ def convert_xbd(
 
     Args:
         root: xBD folder (e.g. ``.../xbd-joplin/tier3``).
-        out: output root (``out/{train,val,test}/{A,B,label,label_t1,label_t2}/``).
+        out: output root (``out/{train,val,test}/{A,B,label,semantic_t1,semantic_t2}/``).
         tile: tile size in pixels (non-overlapping windows; edge strips that do not fill a tile are dropped).
         test_pairs: pair names (``joplin-tornado_00000001``) or indices in name order that go to ``test``; default:
             the last pair when there are several, none when there is one.
@@ -231,7 +231,7 @@ def convert_xbd(
 
     summary: dict[str, Any] = {
         "root": str(root), "out": str(out), "tile": tile, "classes": list(XBD_CLASSES),
-        "change": "building with damage >= minor-damage (label_t2 in 2..4); 255 = ignore",
+        "change": "building with damage >= minor-damage (semantic_t2 in 2..4); 255 = ignore",
         "pairs": {}, "tiles": dict.fromkeys(SPLITS, 0), "failed": {},
     }
     for name in names:
@@ -289,7 +289,7 @@ def _convert_pair(
             tile_transform = transform @ Affine.translation(x, y) if transform is not None else None
             _write(paths["A"], pre_img[(slice(None), *window)], tile_transform, None)
             _write(paths["B"], post_img[(slice(None), *window)], tile_transform, None)
-            for role, label in (("label", change), ("label_t1", t1), ("label_t2", t2)):
+            for role, label in (("label", change), ("semantic_t1", t1), ("semantic_t2", t2)):
                 _write(paths[role], label[window], tile_transform, IGNORE)
             written += 1
     covered = (slice(0, rows * tile), slice(0, cols * tile))

@@ -94,7 +94,7 @@ def test_labels_change_definition_and_tiles(tmp_path: Path) -> None:
     assert profile["transform"].almost_equals(GEO @ Affine.translation(32, 0), precision=1e-12)
 
     t1, t2, change = (_read(out / "train" / role / "test-storm_00000000_0000_0000.tif")[0][0]
-                      for role in ("label_t1", "label_t2", "label"))
+                      for role in ("semantic_t1", "semantic_t2", "label"))
     assert t1[4, 4] == 1 and t2[4, 4] == 1 and change[4, 4] == 0  # intact building: no change
     assert t1[4, 20] == 1 and t2[4, 20] == 2 and change[4, 20] == 1  # minor damage counts as change
     assert t1[12, 4] == t2[12, 4] == change[12, 4] == 255  # footprints disagree → ignored
@@ -102,13 +102,13 @@ def test_labels_change_definition_and_tiles(tmp_path: Path) -> None:
     _, label_profile = _read(out / "train" / "label" / "test-storm_00000000_0000_0000.tif")
     assert label_profile["nodata"] == 255
     t1, t2, change = (_read(out / "val" / role / "test-storm_00000000_0032_0032.tif")[0][0]
-                      for role in ("label_t1", "label_t2", "label"))
+                      for role in ("semantic_t1", "semantic_t2", "label"))
     assert t1[4, 4] == 1 and t2[4, 4] == 255 and change[4, 4] == 255  # un-classified: existing, damage unknown
     labelled = change != 255
     assert np.array_equal(change[labelled] == 1, t1[labelled] != t2[labelled])
 
     index = load_index(out, "change01")
-    assert set(index.columns) >= {"A", "B", "label", "label_t1", "label_t2"}
+    assert set(index.columns) >= {"A", "B", "label", "semantic_t1", "semantic_t2"}
     assert index.groupby("split").size().to_dict() == {"test": 4, "train": 2, "val": 2}
     assert set(index[index.split == "test"].tile_id.str[:19]) == {"test-storm_00000001"}
 
@@ -177,7 +177,7 @@ def test_real_joplin_pairs(shared_data: Path, tmp_path: Path) -> None:
     for row in index.itertuples():
         a, profile = _read(Path(row.A))
         assert a.shape == (3, 256, 256) and profile["crs"] == "EPSG:4326"
-        t1, t2, change = (_read(Path(getattr(row, r)))[0][0] for r in ("label_t1", "label_t2", "label"))
+        t1, t2, change = (_read(Path(getattr(row, r)))[0][0] for r in ("semantic_t1", "semantic_t2", "label"))
         assert t1.shape == t2.shape == change.shape == (256, 256)
         labelled = change != 255
         assert np.array_equal(change[labelled] == 1, t1[labelled] != t2[labelled])
