@@ -36,9 +36,12 @@ def only(folder: Path) -> Path:
 def copy_of(delivered, tmp_path):
     """``copy_of('gf2')``: a writable copy of a delivered product (folder)."""
 
+    copies = []
+
     def make(kind: str) -> Path:
         source = only(delivered / kind)
-        target = tmp_path / "in" / source.name
+        copies.append(kind)
+        target = tmp_path / f"in{len(copies)}" / source.name
         shutil.copytree(source, target)
         return target
 
