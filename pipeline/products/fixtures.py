@@ -360,14 +360,14 @@ def write_gf3_product(
     root: Path, scenery: Scenery, *, date: dt.date = dt.date(2021, 6, 16), mode: str = "FSII",
     polarisations: tuple[str, ...] = ("HH", "HV"), slc: bool = False, size: int = 560, gsd: float = 5.0,
     heading_deg: float = -11.0, calibration_const: dict[str, float] | None = None, seed: int = 0,
-    archive: str | None = None, constant_sigma0_db: float | None = None, looks: int = 4,
+    archive: str | None = None, sigma0_db: float | np.ndarray | None = None, looks: int = 4,
     qualify_override: dict[str, float | None] | None = None,
 ) -> WrittenProduct:
     """A GF-3 product (SLC L1A with I/Q bands, or detected L1B uint16) of the t2 ground.
 
-    sigma0 is simulated from the ground (speckled, double bounce on new buildings) or, with
-    ``constant_sigma0_db``, constant (for calibration checks). QualifyValue is each polarisation's
-    maximum amplitude before quantisation, as in real products.
+    sigma0 is simulated from the ground (speckled, double bounce on new buildings) or given as
+    ``sigma0_db`` (a constant or a (size, size) array in sensor geometry, for calibration checks).
+    QualifyValue is each polarisation's maximum amplitude before quantisation, as in real products.
     """
     from pipeline.synthetic import SIGMA0_CALIBRATION, simulate_sar_amplitude
 
@@ -392,11 +392,11 @@ def write_gf3_product(
     qualify: dict[str, float | None] = {}
     calibration: dict[str, float | None] = {}
     for k, pol in enumerate(polarisations):
-        if constant_sigma0_db is None:
+        if sigma0_db is None:
             amplitude = simulate_sar_amplitude(optical, looks=looks, rng=rng) * boost
             sigma0 = SIGMA0_CALIBRATION * amplitude.astype(np.float64) ** 2 * (1.0 if pol[0] == pol[1] else 0.2)
         else:
-            sigma0 = np.full((size, size), 10 ** (constant_sigma0_db / 10))
+            sigma0 = np.broadcast_to(10 ** (np.asarray(sigma0_db, np.float64) / 10), (size, size))
         K = constants[pol]
         amplitude = np.sqrt(sigma0 * 10 ** (K / 10))  # A such that 10 log10(A²) − K = sigma0_dB
         qv = float(amplitude.max())
