@@ -81,14 +81,22 @@ def _by_name(name: str) -> tuple[Sensor, str] | None:
 
 
 def _by_members(names: list[str]) -> Sensor | None:
-    """The product kind from the file names inside a folder or archive."""
-    base = [n.replace("\\", "/").rsplit("/", 1)[-1] for n in names]
-    if any(sentinel2.MTD.match(n) for n in base) or any(".SAFE/" in n.upper() for n in names):
-        return Sensor.s2
-    if any(gf2.is_image(n, "MSS") for n in base):
-        return Sensor.gf2
-    if any(n.lower().endswith(".meta.xml") for n in base):
-        return Sensor.gf3
+    """The kind of the one product whose files are inside a folder or archive, else None.
+
+    Only the top two levels count (a product's own files, or its folder at the top), and a
+    folder holding several products is not a product.
+    """
+    paths = [n.replace("\\", "/").strip("/") for n in names]
+    top = [p for p in paths if p.count("/") <= 1]
+    base = [p.rsplit("/", 1)[-1] for p in top]
+    found = {
+        Sensor.s2: sum(bool(sentinel2.MTD.match(n)) for n in base),
+        Sensor.gf2: sum(gf2.is_image(n, "MSS") for n in base),
+        Sensor.gf3: sum(n.lower().endswith(".meta.xml") for n in base),
+    }
+    kinds = [sensor for sensor, count in found.items() if count]
+    if len(kinds) == 1 and found[kinds[0]] == 1:
+        return kinds[0]
     return None
 
 
@@ -120,7 +128,7 @@ def recognise(path: Path, hint: Sensor | None = None) -> Product | None:
     sensor = named[0] if named else None
     if sensor is None:
         if path.is_dir():
-            members = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()][:100_000]
+            members = [str(p.relative_to(path)) for p in path.glob("*")] + [str(p.relative_to(path)) for p in path.glob("*/*")]
         else:
             members = archive.list_members(path)
         sensor = _by_members(members) or hint
