@@ -242,8 +242,8 @@ def ortho_grid(
     """The grid covering the image's ground footprint, on the lattice of multiples of ``resolution``."""
     outline = footprint_lonlat(rpc, width, height, h, points=16)
     xs, ys = transform_points("EPSG:4326", crs, outline[:, 0].tolist(), outline[:, 1].tolist())
-    x0 = math.floor(min(xs) / resolution) * resolution
-    y1 = math.ceil(max(ys) / resolution) * resolution
+    x0 = round(math.floor(min(xs) / resolution) * resolution, 9)
+    y1 = round(math.ceil(max(ys) / resolution) * resolution, 9)
     cols = math.ceil((max(xs) - x0) / resolution)
     rows = math.ceil((y1 - min(ys)) / resolution)
     return Affine(resolution, 0, x0, 0, -resolution, y1), cols, rows
