@@ -144,6 +144,7 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
     gains = _calibration(settings, camera, names, product)
 
     h = settings.height if settings.height is not None else rpc.height_off
+    corner_check = _check_corners(meta["corners"], rpc, width, height, h, product)
     crs, resolution = rpcs.ortho_target(
         rpc, width, height, h, crs=settings.crs or grid.crs, resolution=settings.resolution or grid.resolution,
         default_resolution=meta["gsd"],
@@ -162,6 +163,8 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
         "CLOUD_PERCENT": meta["cloud_percent"], "GSD": meta["gsd"], "SOURCE": mss.name,
         "ORTHORECTIFICATION": "RPC, DEM " + str(settings.dem) if settings.dem else f"RPC, constant height {h:g} m",
         "UNITS": "radiance (gain * DN + offset)" if calibrated else "DN",
+        "XML_CORNERS": ";".join(f"{k}:{lon:.6f},{lat:.6f}" for k, (lon, lat) in meta["corners"].items()) or None,
+        "XML_CORNERS_VS_RPC_M": None if corner_check is None else f"{corner_check:.1f}",
     }
     with atomic_output(out) as partial:
         with rasterio.open(partial, "w+", **profile) as dst:
@@ -180,6 +183,28 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
                 _apply_gains(dst, gains)
             describe(dst, names=names, tags=tags)
     return ReadProduct(out, product, Sensor.gf2, name, meta["acquired"], names, {k: str(v) for k, v in tags.items()})
+
+
+MAX_CORNER_MISMATCH_M = 5000.0
+
+
+def _check_corners(corners: dict, rpc, width: int, height: int, h: float, product: Path) -> float | None:
+    """Largest distance (m) between the XML's corner coordinates and the RPC corners.
+
+    Both come from the provider's geometry, so they agree to tens of metres; kilometres mean the
+    RPB and XML belong to different images (a wrong sidecar), which is refused.
+    """
+    if len(corners) != 4:
+        return None
+    names = ("TopLeft", "TopRight", "BottomRight", "BottomLeft")
+    lon, lat = rpcs.rpc_inverse(rpc, [0, width - 1, width - 1, 0], [0, 0, height - 1, height - 1], h)
+    xml = np.array([corners[n] for n in names])
+    dx = (xml[:, 0] - lon) * 111_320.0 * np.cos(np.radians(lat))
+    dy = (xml[:, 1] - lat) * 110_574.0
+    worst = float(np.hypot(dx, dy).max())
+    if worst > MAX_CORNER_MISMATCH_M:
+        raise InputError(product, f"the XML corner coordinates and the RPCs disagree by {worst / 1000:.1f} km; wrong .rpb or .xml?")
+    return worst
 
 
 def _apply_gains(dataset, gains: np.ndarray) -> None:

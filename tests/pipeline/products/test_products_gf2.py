@@ -94,6 +94,7 @@ def test_read_product_metadata_and_grid(pristine, settings):
     assert tags["SENSOR"] == "gf2" and tags["CAMERA"] == "PMS1" and tags["CLOUD_PERCENT"] == "2.0"
     assert tags["ACQUISITION_TIME"] == "2019-05-01T11:23:53" and tags["PRODUCT_ID"] == pristine("gf2").name
     assert "constant height 35 m" in tags["ORTHORECTIFICATION"]
+    assert float(tags["XML_CORNERS_VS_RPC_M"]) < 1.0 and tags["XML_CORNERS"].startswith("TopLeft:117.")
     valid = data[0] > 0
     assert 0.6 < valid.mean() < 0.95  # a rotated footprint inside a north-up grid
     assert data[:, valid].min() >= 1 and data.max() <= 1023  # 10-bit DN kept
@@ -179,6 +180,12 @@ def test_bad_products_give_clear_errors(copy_of, settings):
     xml = next(folder.glob("*-MSS1.xml"))
     xml.write_text(xml.read_text().replace("CenterTime", "Centre").replace("StartTime", "Begin").replace("ReceiveTime", "Got"))
     with pytest.raises(InputError, match="no readable CenterTime"):
+        read_product(recognise(folder), settings)
+
+    folder = copy_of("gf2")
+    xml = next(folder.glob("*-MSS1.xml"))
+    xml.write_text(xml.read_text().replace("<TopLeftLatitude>31.", "<TopLeftLatitude>30."))
+    with pytest.raises(InputError, match="XML corner coordinates and the RPCs disagree by 1..\\.. km"):
         read_product(recognise(folder), settings)
 
     for missing, problem in (("*-MSS1.tiff", "missing band file: no MSS image"), ("*-MSS1.rpb", r"missing file .*-MSS1.rpb")):

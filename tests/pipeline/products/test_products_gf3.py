@@ -181,3 +181,20 @@ def test_speckle_filter_in_the_reader(pristine, tmp_path):
     assert both.mean() > 0.5
     assert np.std(y[both]) < 0.8 * np.std(x[both])  # smoother, in dB
     assert abs(np.median(y[both]) - np.median(x[both])) < 1.5
+
+
+def test_georeferenced_l2_keeps_its_grid(copy_of, settings):
+    folder = copy_of("gf3")
+    transform = rasterio.Affine(5.0, 0, 517100.0, 0, -5.0, 3531700.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for tiff in folder.glob("*.tiff"):
+            with rasterio.open(tiff, "r+") as dst:
+                dst.crs, dst.transform = "EPSG:32650", transform
+    read = read_product(recognise(folder), settings)
+    with rasterio.open(read.path) as src:
+        assert src.crs.to_epsg() == 32650 and src.transform == transform and src.shape == (560, 560)
+        assert src.tags()["GEOCODING"] == "as delivered"
+        out = src.read(2)
+    hand = _hand_sigma0(folder, "HV", slc=False)
+    assert np.allclose(out, hand, atol=1e-4)
