@@ -69,6 +69,24 @@ def synthetic(
     console.print(f"scene list: {group.scene_list} (change fraction {group.change_fraction:.3f})")
 
 
+@app.command()
+def xbd(
+    source: Path = typer.Argument(..., help="xBD folder with images/ and labels/ (e.g. xbd-joplin/tier3)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the scene rasters and xbd_scenes.yaml."),
+    pair: list[str] | None = typer.Option(None, "--pair", help="Only these pairs (repeatable)."),
+) -> None:
+    """Turn xBD pairs (building polygons with damage levels) into semantic change scenes for prepare."""
+    from pipeline.xbd import XBD_CLASSES, write_xbd_scenes
+
+    try:
+        scene_list = write_xbd_scenes(source, out, pairs=pair or None)
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    console.print(f"classes: {', '.join(f'{k} {name}' for k, name in enumerate(XBD_CLASSES))}")
+    console.print(f"scene list: {scene_list}")
+
+
 @app.command("train")
 def train_command(
     config: Path = typer.Option(..., "--config", "-c", help="YAML training config."),

@@ -23,7 +23,7 @@ from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect import detect_group
 from pipeline.errors import ChangeflowError
-from pipeline.evaluate import evaluate_prediction, write_report
+from pipeline.evaluate import evaluate_prediction, semantic_metrics, write_report
 from pipeline.vectorize import vectorize
 
 REPORT = "detect_report.json"
@@ -66,7 +66,7 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
             group_dir, config.checkpoint, out, window=config.window, overlap=config.overlap,
             batch_size=config.batch_size, tta=config.tta, device=config.device, block_size=config.block_size,
             probability_dtype=config.probability_dtype, threshold=config.threshold, weighting=config.weighting,
-            provenance={key.upper(): value for key, value in tags.items()}, progress=advance,
+            provenance={key.upper(): value for key, value in tags.items()}, progress=advance, prompt=config.prompt,
         )
     timings["detect"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -76,25 +76,36 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
         "run_id": result.run_id,
     }
     polygons = out / "changes.gpkg"
+    classes_k = int(checkpoint.get("semantic_classes") or 0)
     count = vectorize(
-        result.classes, result.probability, polygons, sieve_px=config.vectorize.sieve_px,
-        min_area_m2=config.vectorize.min_area_m2, simplify_px=config.vectorize.simplify_px,
-        block_size=config.block_size, attributes=attributes,
+        result.semantic["transitions"] if result.semantic else result.classes, result.probability, polygons,
+        sieve_px=config.vectorize.sieve_px, min_area_m2=config.vectorize.min_area_m2,
+        simplify_px=config.vectorize.simplify_px, block_size=config.block_size, attributes=attributes,
+        transition_classes=classes_k if result.semantic else 0,
     )
     timings["vectorize"] = time.perf_counter() - started
     summary = {
         "group": group_dir.name, "probability": str(result.probability), "classes": str(result.classes),
         "polygons": str(polygons), "n_polygons": count, "megapixels": result.megapixels, "run_id": result.run_id,
     }
+    if result.semantic:
+        summary["semantic"] = {name: str(path) for name, path in result.semantic.items()}
     label = group_dir / "grid" / "label.tif"
-    if config.evaluate and label.exists():
+    truth = {name: group_dir / "grid" / f"{name}.tif" for name in ("semantic_t1", "semantic_t2")}
+    semantic_truth = result.semantic is not None and all(path.exists() for path in truth.values())
+    if config.evaluate and (label.exists() or semantic_truth):
         started = time.perf_counter()
-        metrics = evaluate_prediction(result.classes, label, polygons=polygons)
+        metrics = evaluate_prediction(result.classes, label, polygons=polygons) if label.exists() else {}
+        if semantic_truth:
+            metrics["semantic"] = semantic_metrics(
+                {**result.semantic, "classes": result.classes},
+                {**truth, "label": label if label.exists() else None}, classes_k, block_size=config.block_size,
+            )
         timings["evaluate"] = time.perf_counter() - started
         t1, t2 = (group_dir / "grid" / f"{role}.tif" for role in checkpoint["inputs"])
         report, _ = write_report(
             out, metrics=metrics, timings=timings, config=config.model_dump(mode="json"),
-            quicklook={"t1": t1, "t2": t2, "prediction": result.classes, "label": label},
+            quicklook={"t1": t1, "t2": t2, "prediction": result.classes, "label": label if label.exists() else None},
             title=f"changeflow detection report: {group_dir.name}",
         )
         summary.update(metrics=metrics, report=str(report))

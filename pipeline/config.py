@@ -360,7 +360,6 @@ def load_scene_list(path: Path) -> list[SceneEntry]:
     return entries
 
 
-
 class TextConfig(StrictModel):
     """Prompt embeddings of text-guided models (SegChange-R1); see :mod:`pipeline.prompts`."""
 
@@ -435,6 +434,8 @@ class DetectConfig(StrictModel):
     probability_dtype: Literal["uint8", "float32"] = "uint8"
     threshold: float = Field(default=0.5, gt=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    prompt: str | None = Field(default=None, description="Text-guided models: prompt for every group "
+                               "(default: the training prompt of the group).")
     vectorize: VectorizeConfig = VectorizeConfig()
     evaluate: bool = Field(default=True, description="Score against the group's label when it has one.")
 

@@ -32,6 +32,7 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import geopandas as gpd
@@ -46,6 +47,7 @@ from rasterio.windows import Window
 
 from pipeline.metrics import IGNORE_INDEX, as_floats, change_metrics
 from pipeline.raster_io import open_raster, read_window
+from pipeline.semantic_metrics import SemanticChangeMetrics
 from pipeline.vectorize import NODATA, check_same_grid, metric_series, polygonize
 
 METRICS = ("precision", "recall", "f1", "iou", "oa", "kappa")
@@ -131,6 +133,49 @@ def pixel_metrics(classes: Path, label: Path, *, block_size: int = 2048) -> dict
         "pred_nodata": pred_nodata,
         "pred_nodata_fraction": pred_nodata / labelled_total if labelled_total else 0.0,
     }
+
+
+def semantic_metrics(
+    predicted: Mapping[str, Path],
+    truth: Mapping[str, Path],
+    classes: int,
+    *,
+    block_size: int = 2048,
+) -> dict[str, float]:
+    """Semantic change metrics (:class:`pipeline.semantic_metrics.SemanticChangeMetrics`: SeK, Fscd,
+    mIoU, OA, ...) streamed by blocks.
+
+    ``predicted``: "semantic_t1", "semantic_t2" and "classes" (the change map) rasters;
+    ``truth``: "semantic_t1", "semantic_t2" and optionally "label" (the change label; without it the
+    reference change is the class transition). 255 is ignored in the truth; pixels without a
+    prediction are left out.
+    """
+    metrics = SemanticChangeMetrics(classes)
+    names = ("semantic_t1", "semantic_t2", "classes")
+    truth_names = [name for name in ("semantic_t1", "semantic_t2", "label") if truth.get(name) is not None]
+    with ExitStack() as stack:
+        pred = {name: stack.enter_context(open_raster(predicted[name])) for name in names}
+        ref = {name: stack.enter_context(open_raster(truth[name])) for name in truth_names}
+        first = pred["classes"]
+        for dataset in (*pred.values(), *ref.values()):
+            check_same_grid(first, dataset)
+        for row_off in range(0, first.height, block_size):
+            for col_off in range(0, first.width, block_size):
+                window = Window(
+                    col_off, row_off, min(block_size, first.width - col_off), min(block_size, first.height - row_off)
+                )
+                blocks = {name: read_window(dataset, window) for name, dataset in {**pred, **ref}.items()}
+                pred_valid = np.logical_and.reduce([blocks[n][0][0] != NODATA for n in names])
+                arrays = {}
+                for name in truth_names:
+                    values, valid = blocks[name]
+                    arrays[name] = np.where(valid, values[0], IGNORE_INDEX)[pred_valid]
+                metrics.update(
+                    *(blocks[n][0][0][pred_valid] for n in ("semantic_t1", "semantic_t2")),
+                    arrays["semantic_t1"], arrays["semantic_t2"],
+                    pred_change=blocks["classes"][0][0][pred_valid], gt_change=arrays.get("label"),
+                )
+    return metrics.compute()
 
 
 # --------------------------------------------------------------------------------------------

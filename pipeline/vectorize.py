@@ -430,6 +430,7 @@ def vectorize(
     block_size: int = 2048,
     attributes: dict[str, object] | None = None,
     layer: str = LAYER,
+    transition_classes: int = 0,
 ) -> int:
     """Polygonise a change raster into GeoPackage layer ``layer``; returns the number of polygons.
 
@@ -438,6 +439,9 @@ def vectorize(
     checkpoint hash, run id); dates become ISO strings. The layer has columns id (1..n, top-left
     first), class, area_m2, perimeter_m, mean_prob, max_prob, n_pixels, the attributes, the raster's
     CRS and an R-tree spatial index. An existing file keeps its other layers.
+
+    ``transition_classes`` = K: ``classes`` is a semantic change raster (``1 + K·from + to`` where
+    changed, see :mod:`pipeline.detect`); polygons get class 1 and columns from_class, to_class.
     """
     attributes = dict(attributes or {})
     clash = sorted(set(attributes) & {*COLUMNS, "geometry", "geom"})
@@ -447,6 +451,11 @@ def vectorize(
         classes, probability, threshold=threshold, sieve_px=sieve_px, min_area_m2=min_area_m2,
         simplify_px=simplify_px, block_size=block_size,
     )
+    if transition_classes:
+        code = frame["class"].to_numpy() - 1
+        frame.insert(1, "from_class", code // transition_classes)
+        frame.insert(2, "to_class", code % transition_classes)
+        frame["class"] = 1
     frame.insert(0, "id", np.arange(1, len(frame) + 1, dtype=np.int64))
     for name, value in attributes.items():
         frame[name] = _attribute_value(value)

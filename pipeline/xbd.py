@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
@@ -309,3 +310,41 @@ def _convert_pair(
         "georeferenced": transform is not None,
         "georeference_residual_px": residual if math.isfinite(residual) else None,
     }
+
+
+def write_xbd_scenes(root: str | Path, out: str | Path, *, pairs: Sequence[str] | None = None) -> Path:
+    """Whole-scene rasters of each xBD pair plus a scene list, for ``changeflow prepare``.
+
+    Writes ``out/<pair>/{A,C,label,semantic_t1,semantic_t2}.tif`` (A = pre, C = post: an optical pair;
+    classes and change as for :func:`convert_xbd`, georeferenced in EPSG:4326 when the lon/lat fit
+    works) and ``out/xbd_scenes.yaml`` listing them, one scene group per pair. Prepare then grids,
+    tiles and splits them like any other group, with per-date class tiles in the tile index.
+    """
+    root, out = Path(root), Path(out)
+    names = find_pairs(root)
+    if pairs is not None:
+        names = [n for n in names if n in set(pairs)]
+    if not names:
+        raise InputError(root, "no xBD pair (<name>_pre_disaster.png with <name>_post_disaster.png) in images/")
+    entries = []
+    for name in names:
+        pre_img = _read_image(root / "images" / f"{name}_pre_disaster.png")
+        post_img = _read_image(root / "images" / f"{name}_post_disaster.png")
+        pre, vertices, _ = _read_polygons(root / "labels" / f"{name}_pre_disaster.json")
+        post, _, _ = _read_polygons(root / "labels" / f"{name}_post_disaster.json")
+        try:
+            t1, t2, change, _ = rasterize_pair(pre, post, pre_img.shape[1:])
+        except ValueError as exc:
+            raise InputError(root / "labels" / f"{name}_post_disaster.json", str(exc)) from exc
+        transform, _ = fit_geotransform(vertices)
+        rasters = {"A": (pre_img, None), "C": (post_img, None), "label": (change, IGNORE),
+                   "semantic_t1": (t1, IGNORE), "semantic_t2": (t2, IGNORE)}
+        for role, (data, nodata) in rasters.items():
+            path = out / name / f"{role}.tif"
+            _write(path, data, transform, nodata)
+            entries.append({"path": str(path.relative_to(out)), "role": role, "group": name, "id": f"{name}_{role}"})
+    scene_list = out / "xbd_scenes.yaml"
+    partial = scene_list.with_name(scene_list.name + ".partial")
+    partial.write_text(yaml.safe_dump({"scenes": entries}, sort_keys=False))
+    os.replace(partial, scene_list)
+    return scene_list
