@@ -4,9 +4,10 @@ Knows nothing of files, CRSs or configs beyond keyword options; imports only tor
 
 Public API:
 - ``build(name, *, weights=None, **cfg) -> nn.Module`` and ``available() -> list[str]``: the model registry
-  ("fc_ef", "fc_siam_conc", "fc_siam_diff", "gold", "gold_lite"); an unknown name or option raises ValueError;
-- ``build_loss(name, **cfg)`` / ``available_losses()``: "change" (CE + Dice) and "gold" (:class:`GoldLoss`);
-  each model class names its loss in ``default_loss``;
+  ("clearscd", "fc_ef", "fc_siam_conc", "fc_siam_diff", "gold", "gold_lite", "segchange_r1", "stikdnet"); an unknown
+  name or option raises ValueError;
+- ``build_loss(name, **cfg)`` / ``available_losses()``: "change" (CE + Dice), "gold" (:class:`GoldLoss`), "stikd",
+  "segchange", "clearscd"; each model class names its loss in ``default_loss``;
 - ``complexity(model, input_shapes) -> (params, flops)``, ``count_parameters``, ``count_flops``.
 
 Every change model: ``forward(t1, t2) -> {"logits": [N, 2, H, W], ...}``; GOLD models take an optional third
