@@ -1,27 +1,36 @@
-"""The training flow: one training run under the global concurrency limit ``gpu``.
+"""The training flow: one training run holding the GPU.
 
-Two trainings never share a GPU: each holds a slot of the Prefect global concurrency limit
-``gpu`` (created with one slot when missing; raise it with ``prefect gcl update gpu --limit N``
-on a multi-GPU host). Multi-GPU DDP training runs the same ``changeflow train`` under torchrun.
+Two trainings (or a training and a detection) never share a GPU. With a Prefect server
+(``PREFECT_API_URL``) each holds a slot of the global concurrency limit ``gpu`` (created with one
+slot when missing; raise it with ``prefect gcl update gpu --limit N`` on a multi-GPU host). Without
+one (the embedded API), a machine-local file lock does the job: the embedded API keeps slot leases
+in memory, so a run killed while holding a slot leaked it for good and every later run waited
+forever (seen: a training killed mid-epoch left ``active_slots`` at 1), whereas the kernel releases
+a file lock when its process dies. Multi-GPU DDP training runs the same ``changeflow train`` under
+torchrun.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import get_current_settings
 
 from flows.progress import progress_bar
 from pipeline.config import TrainConfig, load_config
 from pipeline.train import train
 
 GPU_LIMIT = "gpu"
+GPU_LOCK = Path(tempfile.gettempdir()) / "changeflow-gpu.lock"
 
 
 def ensure_gpu_limit(slots: int = 1) -> None:
@@ -35,9 +44,16 @@ def ensure_gpu_limit(slots: int = 1) -> None:
 
 @contextmanager
 def gpu_slot() -> Iterator[None]:
-    """Hold one slot of the ``gpu`` limit (created when missing) for the duration."""
-    ensure_gpu_limit()
-    with concurrency(GPU_LIMIT, occupy=1, strict=True):
+    """Hold the GPU for the duration: a ``gpu`` limit slot with a Prefect server, else a file lock.
+
+    A failed lease renewal (a server restart) does not abort the run holding the slot.
+    """
+    if get_current_settings().api.url:
+        ensure_gpu_limit()
+        with concurrency(GPU_LIMIT, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+            yield
+        return
+    with FileLock(GPU_LOCK):
         yield
 
 

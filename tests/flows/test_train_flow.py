@@ -26,3 +26,29 @@ def test_train_flow_runs_under_the_gpu_limit(tmp_path):
     assert limit.limit == 1 and limit.active_slots == 0  # held during training, released after
     assert set(result["test"]) == {"precision", "recall", "f1", "iou", "oa", "kappa"}
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_without_a_server_the_gpu_lock_dies_with_its_holder(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from filelock import FileLock, Timeout
+
+    import flows.train
+
+    lock = tmp_path / "gpu.lock"
+    monkeypatch.setattr(flows.train, "GPU_LOCK", lock)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from filelock import FileLock; l = FileLock({str(lock)!r}); l.acquire(); "
+         "print('held', flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Timeout):
+            FileLock(lock).acquire(timeout=0.2)  # exclusive while the holder lives
+    finally:
+        holder.kill()
+        holder.wait()
+    with flows.train.gpu_slot():  # a killed holder leaks nothing
+        pass
