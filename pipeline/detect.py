@@ -83,7 +83,9 @@ from pipeline.raster_io import bounded_gdal_cache, is_integer, read_window
 
 PROBABILITY_FILE = "change_probability.tif"
 CLASS_FILE = "change_class.tif"
-SEMANTIC_FILES = ("semantic_t1.tif", "semantic_t2.tif")  # semantic change models only
+# Semantic change models only: class maps per date, and the from→to code of changed pixels.
+SEMANTIC_FILES = {"semantic_t1": "semantic_t1.tif", "semantic_t2": "semantic_t2.tif", "transitions": "semantic_change.tif"}
+MAX_TRANSITION_CLASSES = 15  # 1 + K·from + to must fit uint8 below the nodata value
 PARTIAL_DIR = ".detect-partial"
 JOURNAL = "journal.json"
 DEFAULT_WINDOW = 512
@@ -117,7 +119,7 @@ class DetectionResult:
     megapixels: float
     blocks_resumed: int = 0
     run_id: str = ""
-    semantic: tuple[Path, Path] | None = None  # per-date class maps of semantic change models
+    semantic: dict[str, Path] | None = None  # semantic change models: SEMANTIC_FILES keys → paths
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -641,9 +643,13 @@ def _finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> 
     if core.shape[0] > 2:
         k = (core.shape[0] - 2) // 2
         nodata = torch.full_like(valid, NODATA_U8, dtype=torch.uint8)
-        for index, name in enumerate(("semantic_t1", "semantic_t2")):
-            posterior = core[1 + index * k:1 + (index + 1) * k]
-            rasters[name] = torch.where(valid, posterior.argmax(0).to(torch.uint8), nodata).cpu().numpy()[None]
+        maps = [core[1 + index * k:1 + (index + 1) * k].argmax(0).to(torch.uint8) for index in (0, 1)]
+        for name, classes_map in zip(("semantic_t1", "semantic_t2"), maps):
+            rasters[name] = torch.where(valid, classes_map, nodata).cpu().numpy()[None]
+        changed = weighted > threshold * weight
+        code = (1 + k * maps[0].int() + maps[1].int()).to(torch.uint8)
+        transitions = torch.where(changed, code, torch.zeros_like(code))
+        rasters["transitions"] = torch.where(valid, transitions, nodata).cpu().numpy()[None]
     p = torch.where(valid, weighted / torch.where(valid, weight, torch.ones_like(weight)), torch.zeros_like(weight))
     p = p.clamp(0.0, 1.0)
     if dtype == "uint8":
@@ -701,6 +707,8 @@ def detect_group(
     model = _build_model(checkpoint, payload, torch_device)
     text, prompt = _prompt_embedding(checkpoint, payload, inputs.group, prompt, torch_device, model)
     classes_k = int(payload.get("semantic_classes") or 0)
+    if classes_k > MAX_TRANSITION_CLASSES:
+        raise InputError(checkpoint, f"has {classes_k} semantic classes; detection handles up to {MAX_TRANSITION_CLASSES}")
     window = int(window or default_window(payload))
     if window < 1:
         raise ValueError(f"window must be positive, not {window}")
@@ -836,11 +844,16 @@ def detect_group(
                           tags={**tags, "VALUES": f"0 no change, 1 change (probability > {threshold}), 255 nodata"})
     semantic = None
     if classes_k:
-        semantic = tuple(out_dir / name for name in SEMANTIC_FILES)
-        for path, name in zip(semantic, ("semantic_t1", "semantic_t2")):
+        semantic = {name: out_dir / file for name, file in SEMANTIC_FILES.items()}
+        values = {
+            "semantic_t1": f"class 0..{classes_k - 1} at t1, 255 nodata",
+            "semantic_t2": f"class 0..{classes_k - 1} at t2, 255 nodata",
+            "transitions": f"0 no change, 1 + {classes_k}·from_class + to_class where changed, 255 nodata",
+        }
+        for name, path in semantic.items():
             write_cog_from_blocks(path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged(name),
                                   staging=staging.root / f"{name}.tif", categorical=True,
-                                  tags={**tags, "VALUES": f"class 0..{classes_k - 1} at {name[-2:]}, 255 nodata"})
+                                  tags={**tags, "VALUES": values[name], "SEMANTIC_CLASSES": str(classes_k)})
     shutil.rmtree(staging.root, ignore_errors=True)
     return DetectionResult(probability_path, class_path, len(todo), len(blocks),
                            time.perf_counter() - started, megapixels, len(done), run_id, semantic)
