@@ -216,10 +216,10 @@ def detect_child(spec_path: str) -> int:
     if breakdown:
         predict = d._predict
 
-        def timed_predict(model, t1, t2, tta):
+        def timed_predict(model, t1, t2, tta, text=None):
             sync()
             t0 = perf()
-            out = predict(model, t1, t2, tta)
+            out = predict(model, t1, t2, tta, text)
             sync()
             stats["forward_s"] += perf() - t0
             stats["forward_calls"] += 1
