@@ -12,6 +12,7 @@ torchrun.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from pipeline.config import TrainConfig, load_config
 from pipeline.train import train
 
 GPU_LIMIT = "gpu"
-GPU_LOCK = Path(tempfile.gettempdir()) / "changeflow-gpu.lock"
+GPU_LOCK = Path(tempfile.gettempdir()) / "changeflow-gpu.lock"  # CHANGEFLOW_GPU_LOCK overrides it
 
 
 def ensure_gpu_limit(slots: int = 1) -> None:
@@ -53,7 +54,7 @@ def gpu_slot() -> Iterator[None]:
         with concurrency(GPU_LIMIT, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
             yield
         return
-    with FileLock(GPU_LOCK):
+    with FileLock(os.environ.get("CHANGEFLOW_GPU_LOCK", GPU_LOCK)):
         yield
 
 

@@ -12,6 +12,12 @@ from affine import Affine
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _private_gpu_lock(tmp_path_factory, monkeypatch) -> None:
+    """Flows in tests never wait for a training that holds this machine's GPU lock."""
+    monkeypatch.setenv("CHANGEFLOW_GPU_LOCK", str(tmp_path_factory.getbasetemp() / "gpu.lock"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -84,10 +84,7 @@ def test_provider_products_are_claimed_read_refused_by_name_and_grouped_later(tm
     """GF-2 folder, a broken S2 zip, later a GF-3 .tar.gz: the pipeline without a Prefect server (``.fn``)."""
     from pipeline.products.fixtures import Scenery, write_gf2_product, write_gf3_product
 
-    import flows.train
-
     monkeypatch.setenv("CHANGEFLOW_CACHE", str(tmp_path / "user-cache"))  # must stay unused
-    monkeypatch.setattr(flows.train, "GPU_LOCK", tmp_path / "gpu.lock")  # not the machine's (a training may hold it)
     torch.manual_seed(0)
     options = {"t1_channels": 4, "t2_channels": 2}
     model = tmp_path / "model.pt"

@@ -37,7 +37,7 @@ def test_without_a_server_the_gpu_lock_dies_with_its_holder(tmp_path, monkeypatc
     import flows.train
 
     lock = tmp_path / "gpu.lock"
-    monkeypatch.setattr(flows.train, "GPU_LOCK", lock)
+    monkeypatch.setenv("CHANGEFLOW_GPU_LOCK", str(lock))
     holder = subprocess.Popen(
         [sys.executable, "-c", f"from filelock import FileLock; l = FileLock({str(lock)!r}); l.acquire(); "
          "print('held', flush=True); import time; time.sleep(60)"],
