@@ -318,7 +318,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
-    scenes, failures = build_catalog(scene_entries(config), config, cache=config.products.cache or out / "products")
+    scenes, failures = build_catalog(scene_entries(config), config, cache=config.products.cache or out / "cache")
     for entry, reason in failures:
         print(f"scene refused: {reason}")
     groups, unpaired, crs = build_groups(scenes, config.min_overlap)

@@ -203,7 +203,8 @@ class ProductsConfig(StrictModel):
 
     cache: Path | None = Field(
         default=None,
-        description="Folder for extracted archives and read products; default $CHANGEFLOW_CACHE or ~/.cache/changeflow.",
+        description="Folder for extracted archives and read products (cache/products, cache/extracted); "
+        "default: OUT/cache in prepare, WORKSPACE/cache in ingest.",
     )
     dem: Path | None = Field(default=None, description="DEM for RPC orthorectification (ellipsoidal heights).")
     dem_srs: str | None = Field(default=None, description="The DEM's SRS with vertical datum, e.g. 'EPSG:4326+5773'.")
@@ -483,7 +484,7 @@ class IngestConfig(StrictModel):
         values = {**self.prepare, "scenes": scenes}
         products = values.get("products") or {}
         if isinstance(products, dict):  # read products are cached in the workspace by default
-            values["products"] = {"cache": self.workspace / "products", **products}
+            values["products"] = {"cache": self.workspace / "cache", **products}
         return _section(PrepareConfig, "prepare", values)
 
     def detect_config(self) -> DetectConfig:

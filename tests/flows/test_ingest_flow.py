@@ -116,14 +116,14 @@ def test_provider_products_are_claimed_read_refused_by_name_and_grouped_later(tm
     assert (workspace / "rejected" / f"{broken.name}.reason.txt").exists()
     assert first["groups"] == {} and gf2.name in first["waiting"]
     assert (workspace / "archive" / gf2.path.name).is_dir()
-    read = list((workspace / "products").rglob(f"{gf2.name}-*.tif"))
+    read = list((workspace / "cache").rglob(f"{gf2.name}-*.tif"))
     assert len(read) == 1 and not (tmp_path / "user-cache").exists()
 
     gf3 = write_gf3_product(inbox, scenery, size=160, archive="tar.gz")
     second = ingest_flow.fn(str(config))
     assert second["claimed"] == [gf3.path.name] and second["refused"] == {}
     assert list(second["groups"]) == [gf2.name] and "error" not in second["groups"][gf2.name]
-    assert list((workspace / "products").rglob(f"{gf2.name}-*.tif")) == read  # not read again
+    assert list((workspace / "cache").rglob(f"{gf2.name}-*.tif")) == read  # not read again
     assert (workspace / "archive" / gf3.path.name).is_file()
 
     shutil.copytree(workspace / "archive" / gf2.path.name, inbox / gf2.path.name, copy_function=shutil.copy)
