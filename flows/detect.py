@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.progress import progress_bar
-from flows.train import gpu_slot
+from flows.train import gpu_slot, uses_gpu
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect import detect_group
@@ -61,7 +61,7 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
     checkpoint = load_checkpoint(config.checkpoint)
     tags = provenance(group_dir, list(checkpoint["inputs"]))
     started = time.perf_counter()
-    with gpu_slot(), progress_bar("detect", show_progress) as advance:
+    with gpu_slot(uses_gpu(config.device)), progress_bar("detect", show_progress) as advance:
         result = detect_group(
             group_dir, config.checkpoint, out, window=config.window, overlap=config.overlap,
             batch_size=config.batch_size, tta=config.tta, device=config.device, block_size=config.block_size,

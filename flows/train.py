@@ -43,12 +43,23 @@ def ensure_gpu_limit(slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
 
 
+def uses_gpu(device: str) -> bool:
+    """Whether a run on ``device`` ("auto", "cpu", "cuda", "cuda:1") will use a GPU here."""
+    import torch
+
+    return device != "cpu" and torch.cuda.is_available()
+
+
 @contextmanager
-def gpu_slot() -> Iterator[None]:
+def gpu_slot(needed: bool = True) -> Iterator[None]:
     """Hold the GPU for the duration: a ``gpu`` limit slot with a Prefect server, else a file lock.
 
-    A failed lease renewal (a server restart) does not abort the run holding the slot.
+    ``needed=False`` (a CPU run) holds nothing: CPU runs do not queue behind GPU work. A failed
+    lease renewal (a server restart) does not abort the run holding the slot.
     """
+    if not needed:
+        yield
+        return
     if get_current_settings().api.url:
         ensure_gpu_limit()
         with concurrency(GPU_LIMIT, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
@@ -66,7 +77,7 @@ def train_flow(
     config = load_config(Path(config_path), TrainConfig)
     if device is not None:
         config = TrainConfig.model_validate({**config.model_dump(), "device": device})
-    with gpu_slot(), progress_bar("training", progress) as advance:
+    with gpu_slot(uses_gpu(config.device)), progress_bar("training", progress) as advance:
         result = train(config, Path(out_dir), resume=resume, progress=advance)
     print(f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
     return result

@@ -1,4 +1,4 @@
-"""The train flow holds a slot of the global concurrency limit 'gpu'."""
+"""GPU exclusivity of the flows: the Prefect limit "gpu" with a server, a file lock without one."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from tests.conftest import write_folder_dataset
 pytestmark = pytest.mark.integration
 
 
-def test_train_flow_runs_under_the_gpu_limit(tmp_path):
+def test_train_flow_runs_under_the_gpu_limit(tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
+
+    import flows.train
+
+    monkeypatch.setattr(flows.train, "uses_gpu", lambda device: True)  # as on a GPU host
     from prefect.testing.utilities import prefect_test_harness
 
     data = write_folder_dataset(tmp_path / "data", tiles=4)
@@ -50,5 +54,5 @@ def test_without_a_server_the_gpu_lock_dies_with_its_holder(tmp_path, monkeypatc
     finally:
         holder.kill()
         holder.wait()
-    with flows.train.gpu_slot():  # a killed holder leaks nothing
+    with flows.train.gpu_slot(needed=True):  # a killed holder leaks nothing
         pass
