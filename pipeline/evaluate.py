@@ -164,16 +164,16 @@ def semantic_metrics(
                 window = Window(
                     col_off, row_off, min(block_size, first.width - col_off), min(block_size, first.height - row_off)
                 )
-                blocks = {name: read_window(dataset, window) for name, dataset in {**pred, **ref}.items()}
-                pred_valid = np.logical_and.reduce([blocks[n][0][0] != NODATA for n in names])
-                arrays = {}
-                for name in truth_names:
-                    values, valid = blocks[name]
-                    arrays[name] = np.where(valid, values[0], IGNORE_INDEX)[pred_valid]
+                predicted_blocks = {name: read_window(dataset, window)[0][0] for name, dataset in pred.items()}
+                pred_valid = np.logical_and.reduce([block != NODATA for block in predicted_blocks.values()])
+                reference = {}
+                for name, dataset in ref.items():
+                    values, valid = read_window(dataset, window)
+                    reference[name] = np.where(valid, values[0], IGNORE_INDEX)[pred_valid]
                 metrics.update(
-                    *(blocks[n][0][0][pred_valid] for n in ("semantic_t1", "semantic_t2")),
-                    arrays["semantic_t1"], arrays["semantic_t2"],
-                    pred_change=blocks["classes"][0][0][pred_valid], gt_change=arrays.get("label"),
+                    predicted_blocks["semantic_t1"][pred_valid], predicted_blocks["semantic_t2"][pred_valid],
+                    reference["semantic_t1"], reference["semantic_t2"],
+                    pred_change=predicted_blocks["classes"][pred_valid], gt_change=reference.get("label"),
                 )
     return metrics.compute()
 

@@ -14,6 +14,7 @@ from affine import Affine
 from shapely.geometry import box
 
 from pipeline.evaluate import (
+    semantic_metrics,
     COLOURS,
     evaluate_prediction,
     label_polygons,
@@ -193,3 +194,26 @@ def test_metrics_from_counts_equal_a_per_pixel_torchmetrics_update(tmp_path):
     result = pixel_metrics(raster(tmp_path / "pred.tif", pred), raster(tmp_path / "label.tif", truth), block_size=20)
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, rel=1e-6), name
+
+
+def test_semantic_metrics_compare_the_prediction_with_the_truth(tmp_path):
+    rng = np.random.default_rng(3)
+    truth_t1 = rng.integers(0, 3, (40, 50)).astype(np.uint8)
+    truth_t2 = truth_t1.copy()
+    truth_t2[10:20, 10:30] = 2
+    pred_t1, pred_t2 = truth_t1.copy(), truth_t2.copy()
+    pred_t1[:10] = (pred_t1[:10] + 1) % 3  # a quarter of t1 wrong
+    truth_t2[30:, :] = 255  # unlabelled rows
+    change = (pred_t1 != pred_t2).astype(np.uint8)
+    paths = {
+        name: raster(tmp_path / f"{name}.tif", array)
+        for name, array in {"p1": pred_t1, "p2": pred_t2, "pc": change, "g1": truth_t1, "g2": truth_t2}.items()
+    }
+    scores = semantic_metrics(
+        {"semantic_t1": paths["p1"], "semantic_t2": paths["p2"], "classes": paths["pc"]},
+        {"semantic_t1": paths["g1"], "semantic_t2": paths["g2"]}, 3,
+    )
+    labelled = truth_t1.size + (truth_t2 != 255).sum()
+    wrong = (pred_t1 != truth_t1).sum() + ((pred_t2 != truth_t2) & (truth_t2 != 255)).sum()
+    assert scores["semantic_oa"] == pytest.approx(1 - wrong / labelled)
+    assert scores["semantic_oa"] < 0.9
