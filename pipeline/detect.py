@@ -29,9 +29,10 @@ batches of normalised windows, and GDAL's block cache, capped at ``GDAL_CACHE_MB
 grow with the scene height. On a GPU, inputs are read window by window in background threads (one
 rasterio dataset per thread) a few batches ahead of the model, so reading and normalising overlap
 compute. On a CPU whose cores torch already uses, they are read in the main thread between batches:
-a reader thread there only preempts torch's worker threads, which then wait for each other (measured
-on 2 cores: the forward ran 1.5× slower and detection reached 0.66 of the bare forward; reading
-costs ~17 ms per 512² window against ~450 ms of FC-Siam-diff forward).
+reading costs 25–35 ms per 512² window (4-band A + SAR B) against 0.7–1.5 s of forward, and reader
+threads there only take cores from torch (measured at 2000² on 2 busy cores: end-to-end / bare
+forward 0.96 FC-Siam-diff and 0.86 GOLD-lite in the main thread, 1.04 and 0.91 with two reader
+threads, which also cost 300 MB more memory).
 Staged blocks take 2 bytes per pixel on disk (5 with float32 probabilities) until the COGs are
 written.
 
