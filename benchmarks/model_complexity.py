@@ -12,7 +12,7 @@ For each model of ``models.available()``, with representative options (:data:`CA
   the median wall time is reported, with the median CPU time of the process over the same calls (all torch
   threads; on a shared machine the CPU time is the steadier figure) and the load averages (1 min) read before
   and after the model's timed runs, because the machine may be shared. ``--threads N`` calls
-  ``torch.set_num_threads(N)``.
+  ``torch.set_num_threads(N)``; ``OMP_WAIT_POLICY`` defaults to PASSIVE as in :mod:`pipeline`.
 
 Representative options: FC models 3 + 3 bands (an optical pair); GOLD and GOLD-lite 4-band optical A (GF-2
 MSS) + 1-band SAR B (GF-3); SegChange-R1 3 + 3 bands with a 32-token 384-d prompt (MiniLM width), at its
@@ -39,7 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+# Passive OpenMP waiting, as `import pipeline` sets it (pipeline/__init__.py), before torch loads OpenMP:
+# with spin-waiting, multi-threaded forwards stall whenever another process holds a core.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
