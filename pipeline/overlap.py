@@ -68,7 +68,9 @@ def reproject_geometry(geometry: BaseGeometry, src: CRS | None, dst: CRS | None,
     def project(coords: np.ndarray) -> np.ndarray:
         return np.column_stack(transformer.transform(coords[:, 0], coords[:, 1]))
 
-    return shapely.transform(geometry, project).buffer(0)
+    projected = shapely.transform(geometry, project)
+    # buffer(0) repairs polygons the projection twisted; it would turn a point into an empty polygon.
+    return projected.buffer(0) if projected.geom_type in ("Polygon", "MultiPolygon") else projected
 
 
 def footprint_in(scene: Scene, crs: CRS | None) -> BaseGeometry:

@@ -71,11 +71,12 @@ def groups_frame(groups: list[Group], crs: CRS | None) -> gpd.GeoDataFrame:
 
 def tiepoints_frame(rows: list[dict], crs: CRS | None) -> gpd.GeoDataFrame:
     """Tie points: one row per point, with its map position in the group grid's CRS."""
-    records = []
+    records, points = [], []
     for row in rows:
-        point = reproject_geometry(Point(row.pop("map_x"), row.pop("map_y")), row.pop("grid_crs"), crs)
-        records.append({**row, "geometry": point})
-    return gpd.GeoDataFrame(records, geometry="geometry", crs=crs)
+        points.append(reproject_geometry(Point(row.pop("map_x"), row.pop("map_y")), row.pop("grid_crs"), crs))
+        records.append(row)
+    # An explicit GeoSeries: a run without tie points (co-registration off) gives an empty layer.
+    return gpd.GeoDataFrame(records, geometry=gpd.GeoSeries(points, crs=crs))
 
 
 def tiles_frame(
