@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from pipeline.config import PrepareConfig, load_config
+import pytest
+import yaml
+
+from pipeline.config import DetectConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ConfigError
 
 
@@ -38,8 +41,21 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 
 
 def test_reference_config_lists_the_defaults():
-    import yaml
-    from pathlib import Path
-
     raw = yaml.safe_load((Path(__file__).parents[2] / "configs" / "prepare.yaml").read_text())
     assert PrepareConfig.model_validate({**raw, "inbox": "x"}) == PrepareConfig(inbox="x")
+
+
+CONFIG_MODELS = {"prepare": PrepareConfig, "train": TrainConfig, "detect": DetectConfig, "demo": RunConfig}
+
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+# configs/prepare.yaml lists the defaults without any input (tested above).
+@pytest.mark.parametrize(
+    "path", sorted(set(CONFIGS.rglob("*.yaml")) - {CONFIGS / "prepare.yaml"}), ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_every_shipped_config_validates(path):
+    kind = next(k for k in CONFIG_MODELS if path.stem.startswith(k))
+    config = load_config(path, CONFIG_MODELS[kind])
+    assert isinstance(config, CONFIG_MODELS[kind])
