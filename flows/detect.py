@@ -90,6 +90,8 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
     }
     if result.semantic:
         summary["semantic"] = {name: str(path) for name, path in result.semantic.items()}
+    if result.prompt is not None:
+        summary["prompt"] = result.prompt
     label = group_dir / "grid" / "label.tif"
     truth = {name: group_dir / "grid" / f"{name}.tif" for name in ("semantic_t1", "semantic_t2")}
     semantic_truth = result.semantic is not None and all(path.exists() for path in truth.values())
@@ -104,7 +106,8 @@ def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: 
         timings["evaluate"] = time.perf_counter() - started
         t1, t2 = (group_dir / "grid" / f"{role}.tif" for role in checkpoint["inputs"])
         report, _ = write_report(
-            out, metrics=metrics, timings=timings, config=config.model_dump(mode="json"),
+            out, metrics=metrics, timings=timings,
+            config={**config.model_dump(mode="json"), **({"prompt": result.prompt} if result.prompt else {})},
             quicklook={"t1": t1, "t2": t2, "prediction": result.classes, "label": label if label.exists() else None},
             title=f"changeflow detection report: {group_dir.name}",
         )

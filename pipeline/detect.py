@@ -121,6 +121,7 @@ class DetectionResult:
     blocks_resumed: int = 0
     run_id: str = ""
     semantic: dict[str, Path] | None = None  # semantic change models: SEMANTIC_FILES keys → paths
+    prompt: str | None = None  # text-guided models: the prompt used
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -725,6 +726,7 @@ def detect_group(
     blocks = layout.blocks()
     megapixels = inputs.height * inputs.width / 1e6
     probability_path, class_path = out_dir / PROBABILITY_FILE, out_dir / CLASS_FILE
+    semantic = {name: out_dir / file for name, file in SEMANTIC_FILES.items()} if classes_k else None
     staging = _Staging(out_dir / PARTIAL_DIR)
     description = f"detect {inputs.group}"
 
@@ -740,9 +742,9 @@ def detect_group(
     }
     if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
         previous = _existing_run(out_dir, {**tags, **({"RUN_ID": run_id} if run_id else {})})
-        if previous is not None:
-            return DetectionResult(probability_path, class_path, 0, len(blocks),
-                                   time.perf_counter() - started, megapixels, len(blocks), previous)
+        if previous is not None and all(path.exists() for path in (semantic or {}).values()):
+            return DetectionResult(probability_path, class_path, 0, len(blocks), time.perf_counter() - started,
+                                   megapixels, len(blocks), previous, semantic, prompt)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     done, run_id = staging.open(fingerprint, run_id, [_block_id(i, j) for i, j in blocks])
@@ -845,9 +847,7 @@ def detect_group(
     write_cog_from_blocks(class_path, {**base, "dtype": "uint8", "nodata": NODATA_U8}, staged("classes"),
                           staging=staging.root / "classes.tif", categorical=True,
                           tags={**tags, "VALUES": f"0 no change, 1 change (probability > {threshold}), 255 nodata"})
-    semantic = None
-    if classes_k:
-        semantic = {name: out_dir / file for name, file in SEMANTIC_FILES.items()}
+    if semantic is not None:
         values = {
             "semantic_t1": f"class 0..{classes_k - 1} at t1, 255 nodata",
             "semantic_t2": f"class 0..{classes_k - 1} at t2, 255 nodata",
@@ -859,4 +859,4 @@ def detect_group(
                                   tags={**tags, "VALUES": values[name], "SEMANTIC_CLASSES": str(classes_k)})
     shutil.rmtree(staging.root, ignore_errors=True)
     return DetectionResult(probability_path, class_path, len(todo), len(blocks),
-                           time.perf_counter() - started, megapixels, len(done), run_id, semantic)
+                           time.perf_counter() - started, megapixels, len(done), run_id, semantic, prompt)

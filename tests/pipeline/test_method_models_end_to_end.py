@@ -101,6 +101,7 @@ def test_segchange_uses_the_prompt_in_training_and_detection(data, tmp_path):
     assert load_checkpoint(checkpoint)["config"]["text"]["prompt"] == "new buildings"
     first = _detect(group, checkpoint, tmp_path / "a")
     other = _detect(group, checkpoint, tmp_path / "b", prompt="demolished forest")
+    assert (first.prompt, other.prompt) == ("new buildings", "demolished forest")
     with rasterio.open(first.probability) as a, rasterio.open(other.probability) as b:
         assert json.loads(a.tags()["DETECT_SETTINGS"])["prompt"] == "new buildings"
         assert not np.array_equal(a.read(1), b.read(1))  # the prompt conditions the prediction
@@ -114,6 +115,8 @@ def test_clearscd_semantic_change_from_tiles_to_from_to_polygons(data, tmp_path)
     assert {"scd_sek", "scd_fscd", "scd_semantic_miou"} <= set(metrics["test"])
     result = _detect(group, checkpoint, tmp_path / "detect")
     assert result.semantic is not None
+    rerun = _detect(group, checkpoint, tmp_path / "detect")  # finished outputs are reused
+    assert rerun.blocks_done == 0 and rerun.semantic == result.semantic
     with rasterio.open(result.semantic["semantic_t1"]) as t1, rasterio.open(result.semantic["transitions"]) as codes:
         classes, transitions = t1.read(1), codes.read(1)
         assert t1.crs == codes.crs and t1.transform == codes.transform
