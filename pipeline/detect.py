@@ -69,7 +69,6 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
@@ -77,6 +76,7 @@ from torch import nn
 
 import models
 from pipeline.checkpoint import file_sha256, load_checkpoint
+from pipeline.cog import write_cog_from_blocks
 from pipeline.config import TilingConfig
 from pipeline.errors import ChangeflowError, ConfigError, GroupError, InputError
 from pipeline.normalization import BandStats, normalize
@@ -92,7 +92,6 @@ JOURNAL = "journal.json"
 DEFAULT_WINDOW = 512
 NODATA_U8 = 255
 PROBABILITY_SCALE = 254  # uint8 probability: round(p × 254); 255 is nodata
-COG_BLOCK = 512
 READ_THREADS = 2
 # GDAL's block cache defaults to 5 % of RAM and would grow with the scene; windows are read in block
 # order, so a cache of a few block rows of input tiles is all the reuse there is. A GDAL_CACHEMAX
@@ -531,56 +530,6 @@ def _block_id(i: int, j: int) -> str:
 
 
 # --------------------------------------------------------------------------- COG writing
-
-
-def overview_count(height: int, width: int, smallest: int = 256) -> int:
-    """Overview levels until the largest side is at most ``smallest`` px (at least one level)."""
-    size, levels = max(height, width), 0
-    while size > smallest:
-        size, levels = math.ceil(size / 2), levels + 1
-    return max(levels, 1 if max(height, width) >= 2 else 0)
-
-
-def write_cog_from_blocks(
-    destination: Path,
-    profile: dict[str, Any],
-    blocks: Iterable[tuple[Window, np.ndarray]],
-    *,
-    staging: Path,
-    categorical: bool,
-    tags: dict[str, str] | None = None,
-) -> Path:
-    """Write (window, (bands, h, w) array) blocks to a tiled GTiff, then to a COG, atomically.
-
-    The COG driver only copies, so blocks go to ``staging`` (deflate level 1) first; the COG gets
-    deflate, a predictor for continuous data (floating-point for floats), internal 512 px tiles,
-    overviews (nearest for categorical data, average otherwise), and is renamed into place.
-    """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".partial")
-    gtiff = {
-        **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
-    }
-    floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
-    predictor = "no" if categorical else ("floating_point" if floating else "standard")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(staging, "w", **gtiff) as dst:
-            for window, array in blocks:
-                dst.write(array, window=window)
-            if tags:
-                dst.update_tags(**tags)
-        rasterio.shutil.copy(
-            staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
-            blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
-            overview_count=overview_count(profile["height"], profile["width"]),
-            num_threads="ALL_CPUS", bigtiff="if_safer",
-        )
-    staging.unlink()
-    os.replace(partial, destination)
-    return destination
 
 
 # --------------------------------------------------------------------------- detection

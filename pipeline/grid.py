@@ -9,7 +9,6 @@ correction is folded into the same warp, so each image is resampled exactly once
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,6 @@ from typing import Literal
 
 import numpy as np
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
@@ -30,6 +28,7 @@ from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from pipeline.catalog import Scene
+from pipeline.cog import write_cog_from_blocks
 from pipeline.config import GridConfig, LabelEncoding, Role
 from pipeline.overlap import Group, reproject_geometry
 from pipeline.raster_io import is_integer, open_raster
@@ -223,48 +222,16 @@ def write_cog(
     Written to a temporary name and renamed, so a killed run never leaves a partial COG.
     """
     categorical = label_encoding is not None
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.with_name(destination.name + ".staging.tif")
-    partial = destination.with_name(destination.name + ".partial")
-    dtype = "uint8" if categorical else source.dtypes[0]
     profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": 1 if categorical else source.count,
-        "dtype": dtype,
-        "crs": grid.crs,
-        "transform": grid.transform,
+        "width": grid.width, "height": grid.height, "count": 1 if categorical else source.count,
+        "dtype": "uint8" if categorical else source.dtypes[0], "crs": grid.crs, "transform": grid.transform,
         "nodata": LABEL_NODATA if categorical else source.nodata,
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "deflate",
-        "zlevel": 1,
-        "bigtiff": "if_safer",
     }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(staging, "w", **profile) as dst:
-            for window in block_windows(grid.width, grid.height, block_size):
-                block = source.read(window=window)
-                if categorical:
-                    block = encode_label(block[0], block[-1], label_encoding)[None]
-                dst.write(block, window=window)
-            if tags:
-                dst.update_tags(**tags)
-        rasterio.shutil.copy(
-            staging,
-            partial,
-            driver="COG",
-            compress="deflate",
-            level=6,
-            predictor="yes" if not categorical else "no",
-            blocksize=512,
-            overview_resampling="nearest" if categorical else "average",
-            num_threads="ALL_CPUS",
-            bigtiff="if_safer",
-        )
-    staging.unlink()
-    os.replace(partial, destination)
-    return destination
+
+    def blocks() -> Iterator[tuple[Window, np.ndarray]]:
+        for window in block_windows(grid.width, grid.height, block_size):
+            block = source.read(window=window)
+            yield window, encode_label(block[0], block[-1], label_encoding)[None] if categorical else block
+
+    staging = destination.with_name(destination.name + ".staging.tif")
+    return write_cog_from_blocks(destination, profile, blocks(), staging=staging, categorical=categorical, tags=tags)

@@ -1,0 +1,70 @@
+"""Cloud-Optimized GeoTIFF writing: blocks → tiled staging GTiff → COG, renamed into place.
+
+The COG driver only copies from an existing dataset, so blocks are first streamed into a staging
+GTiff (deflate level 1), then copied with deflate, a predictor for continuous data (floating-point
+for floats), internal 512 px tiles and overviews (nearest for categorical data, average otherwise).
+The result is written under a temporary name and renamed, so a killed run never leaves a partial COG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.windows import Window
+
+COG_BLOCK = 512
+
+
+def overview_count(height: int, width: int, smallest: int = 256) -> int:
+    """Overview levels until the largest side is at most ``smallest`` px (at least one level)."""
+    size, levels = max(height, width), 0
+    while size > smallest:
+        size, levels = math.ceil(size / 2), levels + 1
+    return max(levels, 1 if max(height, width) >= 2 else 0)
+
+
+def write_cog_from_blocks(
+    destination: Path,
+    profile: dict[str, Any],
+    blocks: Iterable[tuple[Window, np.ndarray]],
+    *,
+    staging: Path,
+    categorical: bool,
+    tags: dict[str, str] | None = None,
+) -> Path:
+    """Write (window, (bands, h, w) array) blocks of a raster described by ``profile`` (width,
+    height, count, dtype, crs, transform, nodata) as a COG at ``destination``, atomically."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    gtiff = {
+        **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
+        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
+    }
+    floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
+    predictor = "no" if categorical else ("floating_point" if floating else "standard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(staging, "w", **gtiff) as dst:
+            for window, array in blocks:
+                dst.write(array, window=window)
+            if tags:
+                dst.update_tags(**tags)
+        rasterio.shutil.copy(
+            staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
+            blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
+            overview_count=overview_count(profile["height"], profile["width"]),
+            num_threads="ALL_CPUS", bigtiff="if_safer",
+        )
+    staging.unlink()
+    os.replace(partial, destination)
+    return destination
