@@ -12,11 +12,13 @@ gets the targets as ``{"change", "t1", "t2"}`` (255 = ignore everywhere).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class ChangeModel(nn.Module):
+class ChangeModel(nn.Module, ABC):
     """Base class: class attributes describe how a training loop should call the model.
 
     Attributes:
@@ -34,9 +36,9 @@ class ChangeModel(nn.Module):
     num_classes: int = 2
 
     @property
+    @abstractmethod
     def in_channels(self) -> tuple[int, ...]:
         """Band counts expected for each input, in ``forward`` order."""
-        raise NotImplementedError
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:

@@ -30,6 +30,7 @@ Deliberate differences from the original code:
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Literal
 
 import torch
@@ -173,8 +174,9 @@ class _FCSiamese(_FCBase):
         body = self.bodies[min(date, len(self.bodies) - 1)]
         return body(stem(x))
 
+    @abstractmethod
     def _merge(self, s1: Tensor, s2: Tensor) -> Tensor:
-        raise NotImplementedError
+        """How the two dates' skip features are combined (concatenation or absolute difference)."""
 
     def forward(self, t1: Tensor, t2: Tensor) -> dict[str, Tensor]:
         name = type(self).__name__
