@@ -77,7 +77,7 @@ from torch import nn
 import models
 from pipeline.checkpoint import file_sha256, load_checkpoint
 from pipeline.cog import write_cog_from_blocks
-from pipeline.config import TilingConfig
+from pipeline.config import TextConfig, TilingConfig
 from pipeline.errors import ChangeflowError, ConfigError, GroupError, InputError
 from pipeline.normalization import BandStats, normalize
 from pipeline.raster_io import bounded_gdal_cache, is_integer, read_window
@@ -309,15 +309,13 @@ def _prompt_embedding(
         if prompt is not None:
             raise ConfigError(f"a prompt was given but {checkpoint_path.name} is not a text-guided checkpoint")
         return None, None
-    from pipeline.prompts import build_prompt_embeddings  # the text extra only when text is used
+    from pipeline.prompts import embeddings_from_config  # the text extra only when text is used
 
+    config = TextConfig.model_validate(text)
+    if prompt is not None:
+        config = config.model_copy(update={"prompt": prompt, "prompts": None})
     try:
-        embeddings = build_prompt_embeddings(
-            text["source"], prompts=None if prompt is not None else text.get("prompts"),
-            default_prompt=prompt if prompt is not None else text.get("prompt"),
-            embeddings_file=text.get("embeddings"), cache_dir=checkpoint_path.parent / "prompt_cache",
-            max_tokens=int(text.get("max_tokens", 32)), expected_dim=int(getattr(model, "text_dim", 0)),
-        )
+        embeddings = embeddings_from_config(config, checkpoint_path.parent / "prompt_cache", model.text_dim)
         used = embeddings.prompt_for(group, group)
         values, mask = embeddings.lookup(group, group)
     except (ValueError, OSError) as exc:

@@ -60,6 +60,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import yaml
 
+from pipeline.config import TextConfig
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -678,3 +679,10 @@ def build_prompt_embeddings(
         table = PromptTable.constant(_clean(default_prompt, "default prompt"))
     return PromptEmbeddings(table, encoder, max_tokens=max_tokens, cache_dir=cache_dir, expected_dim=expected_dim)
 
+
+def embeddings_from_config(text: TextConfig, cache_dir: str | Path, text_dim: int) -> PromptEmbeddings | None:
+    """:func:`build_prompt_embeddings` for a ``text:`` section (training, and detection from the checkpoint)."""
+    return build_prompt_embeddings(
+        text.source, prompts=text.prompts, default_prompt=text.prompt, embeddings_file=text.embeddings,
+        cache_dir=cache_dir, max_tokens=text.max_tokens, expected_dim=text_dim,
+    )

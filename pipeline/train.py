@@ -131,16 +131,12 @@ def semantic_classes(config: TrainConfig) -> int:
 
 def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
     """Prompt embeddings of a text-guided model (None without a text config or with source none)."""
-    from pipeline.prompts import build_prompt_embeddings  # the text extra only when text is used
+    from pipeline.prompts import embeddings_from_config  # the text extra only when text is used
 
-    text = config.text
-    if text is None:
+    if config.text is None:
         return None
     try:
-        return build_prompt_embeddings(
-            text.source, prompts=text.prompts, default_prompt=text.prompt, embeddings_file=text.embeddings,
-            cache_dir=out / "prompt_cache", max_tokens=text.max_tokens, expected_dim=text_dim,
-        )
+        return embeddings_from_config(config.text, out / "prompt_cache", text_dim)
     except ValueError as exc:
         raise ConfigError(f"text prompts: {exc}") from None
 
