@@ -3,7 +3,7 @@
 For every scene size N in ``--sizes`` and every model in ``--models`` the benchmark
 
 1. gets an N x N scene group: the A (GF-2-like 4-band uint16) and B (GF-3-like SAR sigma0 dB
-   float32) images written by :func:`pipeline.synthetic.write_large_group` are already on one grid
+   float32) images written by :func:`pipeline.synthetic.scenes.write_large_group` are already on one grid
    (A's), so they are hard-linked (symlinked across file systems) as ``grid/A.tif`` and
    ``grid/B.tif`` of a group folder with a minimal ``manifest.json``: what detection reads, without
    the prepare step. ``--scenes-dir N=DIR`` reuses an existing ``write_large_group`` folder (e.g.
@@ -11,7 +11,7 @@ For every scene size N in ``--sizes`` and every model in ``--models`` the benchm
    output group (``OUT/groups/{group}``, its COGs in ``grid/``);
 2. writes a random-init checkpoint of the model (4-band A, 1-band B, normalisation statistics for
    the synthetic DN and dB ranges, the window as training crop);
-3. **end to end**: runs :func:`pipeline.detect.detect_group` (reading, normalising, forward,
+3. **end to end**: runs :func:`pipeline.detect.sliding.detect_group` (reading, normalising, forward,
    Gaussian blending, staging, COG writing) in a subprocess, measured from outside: wall time, peak
    RSS of the process tree sampled every 0.1 s with psutil and the kernel's ``ru_maxrss``
    (``measure`` of ``prepare_benchmark.py``). Inside, light timers around detect's own functions
@@ -119,8 +119,8 @@ def write_checkpoint(path: Path, name: str, window: int, seed: int = 0) -> Path:
     import torch
 
     import models
-    from pipeline.checkpoint import save_checkpoint
-    from pipeline.normalization import BandStats
+    from pipeline.learn.checkpoint import save_checkpoint
+    from pipeline.learn.normalization import BandStats
 
     register_tiny_model()
     torch.manual_seed(seed)
@@ -165,7 +165,7 @@ def group_for_size(size: int, args: argparse.Namespace, created: list[Path]) -> 
         free = _free_gb(args.workdir)
         if free < need_gb:
             raise SystemExit(f"not enough disk in {args.workdir}: {free:.0f} GB free, ~{need_gb:.0f} GB needed")
-        from pipeline.synthetic import write_large_group
+        from pipeline.synthetic.scenes import write_large_group
 
         print(f"[{size}] writing the synthetic group in {scenes} ...", flush=True)
         t0 = time.time()
@@ -198,7 +198,7 @@ def detect_child(spec_path: str) -> int:
 
     import torch
 
-    import pipeline.detect as d
+    import pipeline.detect.sliding as d
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -337,9 +337,9 @@ def reference_child(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     import torch
 
-    import pipeline.detect as d
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.normalization import BandStats
+    import pipeline.detect.sliding as d
+    from pipeline.learn.checkpoint import load_checkpoint
+    from pipeline.learn.normalization import BandStats
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
@@ -403,7 +403,7 @@ def _layout_batches(group: Path, window: int, overlap: float, block: int, batch:
     """Batch sizes detect would run without any nodata-only window (used with --no-breakdown)."""
     import rasterio
 
-    from pipeline.detect import plan
+    from pipeline.detect.sliding import plan
 
     with rasterio.open(group / "grid" / "A.tif") as dataset:
         layout = plan(dataset.height, dataset.width, window, overlap, block)

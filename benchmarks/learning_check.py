@@ -2,7 +2,7 @@
 
 For each scene of ../shared/data named on the command line, the left half (minus a gap) becomes
 train (top 80 %) and val (bottom 20 %), the right half becomes test, written as a LEVIR-style tile
-folder and trained with `pipeline.train.train`. The test half is also scored with two trivial
+folder and trained with `pipeline.learn.train.train`. The test half is also scored with two trivial
 baselines: "everything changed" and an unsupervised difference + Otsu threshold.
 
     python benchmarks/learning_check.py --scenes levir shuguang taizhou --epochs 30 --device cuda
@@ -23,8 +23,8 @@ from rasterio.errors import NotGeoreferencedWarning
 from skimage.filters import threshold_otsu
 
 from pipeline.config import TrainConfig
-from pipeline.metrics import as_floats, change_metrics
-from pipeline.train import train
+from pipeline.learn.metrics import as_floats, change_metrics
+from pipeline.learn.train import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GAP = 16

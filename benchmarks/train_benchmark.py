@@ -6,13 +6,13 @@ For each model (``--models``, default fc_siam_diff gold gold_lite) the benchmark
    training loss, backward, gradient clipping and the optimizer step — on ONE real batch that is
    already on the device, repeated. This is the ceiling: what the GPU (or CPU) can do with no data
    pipeline at all;
-2. **loop**: the same step fed by the real data path of ``pipeline.train.train``: the
-   ``DataLoader`` built by ``pipeline.train._loader`` (config's workers, shuffle, pinned memory when
+2. **loop**: the same step fed by the real data path of ``pipeline.learn.train.train``: the
+   ``DataLoader`` built by ``pipeline.learn.train._loader`` (config's workers, shuffle, pinned memory when
    CUDA is present) over ``TileDataset`` (GeoTIFF reads with valid masks, normalisation,
    augmentation) and the host → device copy, once per ``--workers`` value;
 
 and reports ``ratio = loop tiles/s ÷ bare tiles/s`` (goal ≥ 0.9: the data pipeline must not be the
-bottleneck). Model, loss and optimizer come from ``pipeline.train`` (``build_model``,
+bottleneck). Model, loss and optimizer come from ``pipeline.learn.train`` (``build_model``,
 ``build_loss``/``default_loss``, ``_optimizer``, ``_forward``, ``_autocast``, ``_loader``); the step
 below is the body of ``train()``'s inner loop, line for line.
 
@@ -75,11 +75,11 @@ from torch import nn  # noqa: E402
 
 import models  # noqa: E402
 from models.registry import model_class  # noqa: E402
-from pipeline.augment import AugmentSettings, optical_jitter, paired_geometry  # noqa: E402
+from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.dataset import TileDataset, _read, check_index, fit_normalization, load_index  # noqa: E402
-from pipeline.normalization import normalize  # noqa: E402
-from pipeline.train import (  # noqa: E402
+from pipeline.learn.dataset import TileDataset, _read, check_index, fit_normalization, load_index  # noqa: E402
+from pipeline.learn.normalization import normalize  # noqa: E402
+from pipeline.learn.train import (  # noqa: E402
     Distributed,
     _autocast,
     _forward,
@@ -134,7 +134,7 @@ def prepare_synthetic(work: Path, size: int, seed: int) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The training step: the body of pipeline.train.train's inner loop
+# The training step: the body of pipeline.learn.train.train's inner loop
 
 
 class Trainee:

@@ -61,7 +61,7 @@ def synthetic(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
 ) -> None:
     """Write a synthetic GF-2 / GF-3 / Sentinel-2 scene group with a change label (demo, tests)."""
-    from pipeline.synthetic import write_synthetic_group
+    from pipeline.synthetic.scenes import write_synthetic_group
 
     group = write_synthetic_group(out, size=size, seed=seed)
     for role, path in group.paths.items():
@@ -76,7 +76,7 @@ def xbd(
     pair: list[str] | None = typer.Option(None, "--pair", help="Only these pairs (repeatable)."),
 ) -> None:
     """Turn xBD pairs (building polygons with damage levels) into semantic change scenes for prepare."""
-    from pipeline.xbd import XBD_CLASSES, write_xbd_scenes
+    from pipeline.learn.xbd import XBD_CLASSES, write_xbd_scenes
 
     try:
         scene_list = write_xbd_scenes(source, out, pairs=pair or None)
@@ -96,7 +96,7 @@ def train_command(
 ) -> None:
     """Train a change model on prepared tiles (one process, or DDP under torchrun)."""
     from flows.progress import progress_bar
-    from pipeline.train import distributed_from_env, train
+    from pipeline.learn.train import distributed_from_env, train
 
     try:
         settings = load_config(config, TrainConfig)

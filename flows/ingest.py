@@ -4,7 +4,7 @@
 Each run claims the inbox's new GOLD-named files and provider products (GF-2 / GF-3 / Sentinel-2
 folders and archives) by atomic rename, so overlapping runs never share a scene; a product is
 claimed only once it has stayed unchanged between two polls ``settle_seconds`` apart, so a folder
-still being copied is never claimed half-written (see :mod:`pipeline.inbox`). A registry of content
+still being copied is never claimed half-written (see :mod:`pipeline.prepare.inbox`). A registry of content
 fingerprints keeps a scene from being processed twice. Products are read into the workspace's
 ``products`` cache (``prepare.products.cache`` overrides it), keyed by their identity, so an
 archived product is not read again when later scenes are grouped with it. A scene or product the
@@ -22,12 +22,12 @@ from prefect import flow
 
 from flows.detect import detect_one
 from flows.prepare import process_group
-from pipeline.catalog import build_catalog, scan_inbox
+from pipeline.prepare.catalog import build_catalog, scan_inbox
 from pipeline.config import IngestConfig, PrepareConfig, load_config
-from pipeline.detect import new_run_id
+from pipeline.detect.sliding import new_run_id
 from pipeline.errors import ChangeflowError
-from pipeline.inbox import Workspace, archive, claim_new_scenes, reject
-from pipeline.overlap import build_groups
+from pipeline.prepare.inbox import Workspace, archive, claim_new_scenes, reject
+from pipeline.prepare.overlap import build_groups
 
 
 @flow(name="ingest", log_prints=True)

@@ -28,7 +28,7 @@ from prefect.settings import get_current_settings
 
 from flows.progress import progress_bar
 from pipeline.config import TrainConfig, load_config
-from pipeline.train import train
+from pipeline.learn.train import train
 
 GPU_LIMIT = "gpu"
 GPU_LOCK = Path(tempfile.gettempdir()) / "changeflow-gpu.lock"  # CHANGEFLOW_GPU_LOCK overrides it

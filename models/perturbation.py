@@ -13,7 +13,7 @@ tensor functional code so both modes can be compared with the original.
 
 Modes (``PerturbationConfig.mode``):
 - ``"correct"`` (default): the input is the model input, normalised to [0, 1] per band
-  (:mod:`pipeline.normalization`), the jitter works in that space and the result is clipped to [0, 1].
+  (:mod:`pipeline.learn.normalization`), the jitter works in that space and the result is clipped to [0, 1].
   Every parameter (factors, op order, σ) is drawn **per sample**. Saturation and hue only mean something for
   3-band RGB: with any other band count (4-band GF-2, 1–2-band SAR) only brightness and contrast are applied
   (contrast blends toward the per-image mean over all bands, as torchvision does for non-RGB images).

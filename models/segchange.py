@@ -18,7 +18,7 @@ Architecture (spec §1; the blocks are in :mod:`models.segchange_blocks`):
   (C/2 → C/4) → GN → ReLU → 1×1 → 2 logits; logits upsampled to the input size.
 
 ``forward(t1, t2, text=None, text_mask=None) -> {"logits": [N, 2, H, W]}``: ``text`` = prompt token embeddings
-``[N, L, text_dim]`` (e.g. MiniLM, see :mod:`pipeline.prompts`), ``text_mask`` = ``[N, L]`` bool/0-1, true for
+``[N, L, text_dim]`` (e.g. MiniLM, see :mod:`pipeline.learn.prompts`), ``text_mask`` = ``[N, L]`` bool/0-1, true for
 real tokens (all true if omitted). ``text=None`` or ``use_text=False`` runs the pure visual path — the same
 weights minus the text projector, so "with vs without text" is a fair ablation. A sample whose mask has no
 valid token (an empty prompt) takes the visual path too.
@@ -36,7 +36,7 @@ Deliberate differences from the original code:
   (diluting short prompts) and cut prompts to 8 tokens; here every valid token cross-attends over the pixels
   and the pooling uses the attention mask; any token count L; a FiLM shift (zero-initialised) besides the
   gain. The text encoder lives outside the model (embeddings are computed once per distinct prompt and
-  cached by :mod:`pipeline.prompts` — the original rebuilt BERT from disk on every batch).
+  cached by :mod:`pipeline.learn.prompts` — the original rebuilt BERT from disk on every batch).
 - **No-text path**: the original fed all-zero embeddings, which still produce a learned constant gain through
   the projector's biases; here no text means no text term at all.
 - **Linear attention**: ``bev_mode="stable"`` (default) averages the context over tokens and adds a residual,

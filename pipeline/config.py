@@ -362,7 +362,7 @@ def load_scene_list(path: Path) -> list[SceneEntry]:
 
 
 class TextConfig(StrictModel):
-    """Prompt embeddings of text-guided models (SegChange-R1); see :mod:`pipeline.prompts`."""
+    """Prompt embeddings of text-guided models (SegChange-R1); see :mod:`pipeline.learn.prompts`."""
 
     source: Literal["minilm", "file", "hash", "none"] = Field(
         default="minilm",

@@ -11,10 +11,10 @@ import torch
 
 import models
 from flows.ingest import ingest_flow
-from pipeline.checkpoint import save_checkpoint
-from pipeline.inbox import Workspace, claim_new_scenes
-from pipeline.normalization import BandStats
-from pipeline.synthetic import write_synthetic_group
+from pipeline.learn.checkpoint import save_checkpoint
+from pipeline.prepare.inbox import Workspace, claim_new_scenes
+from pipeline.learn.normalization import BandStats
+from pipeline.synthetic.scenes import write_synthetic_group
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_overlapping_runs_never_claim_the_same_scene(tmp_path):
 
 def test_provider_products_are_claimed_read_refused_by_name_and_grouped_later(tmp_path, monkeypatch):
     """GF-2 folder, a broken S2 zip, later a GF-3 .tar.gz: the pipeline without a Prefect server (``.fn``)."""
-    from pipeline.products.fixtures import Scenery, write_gf2_product, write_gf3_product
+    from tests.fixtures.products import Scenery, write_gf2_product, write_gf3_product
 
     monkeypatch.setenv("CHANGEFLOW_CACHE", str(tmp_path / "user-cache"))  # must stay unused
     torch.manual_seed(0)

@@ -14,10 +14,10 @@ import rasterio
 from rasterio.crs import CRS
 
 from flows.prepare import prepare_flow, process_group, run_prepare
-from pipeline.catalog import build_catalog, scene_entries
+from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.config import load_config
-from pipeline.overlap import build_groups
-from pipeline.synthetic import write_synthetic_group
+from pipeline.prepare.overlap import build_groups
+from pipeline.synthetic.scenes import write_synthetic_group
 from tests.conftest import write_raster
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from flows.prepare import process_group
-from pipeline.catalog import build_catalog
+from pipeline.prepare.catalog import build_catalog
 from pipeline.config import PrepareConfig
-from pipeline.overlap import build_groups
+from pipeline.prepare.overlap import build_groups
 
 
 def _prepare(config: PrepareConfig, out):

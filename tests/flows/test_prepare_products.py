@@ -9,7 +9,7 @@ import pytest
 import rasterio
 
 from flows.prepare import prepare_flow
-from pipeline.products.fixtures import Scenery, write_gf2_product, write_gf3_product, write_s2_product
+from tests.fixtures.products import Scenery, write_gf2_product, write_gf3_product, write_s2_product
 
 pytestmark = pytest.mark.integration
 

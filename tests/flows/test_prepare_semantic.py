@@ -7,9 +7,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from flows.prepare import process_group
-from pipeline.catalog import build_catalog
+from pipeline.prepare.catalog import build_catalog
 from pipeline.config import PrepareConfig
-from pipeline.overlap import build_groups
+from pipeline.prepare.overlap import build_groups
 
 SIZE = 320
 

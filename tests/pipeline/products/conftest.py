@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ProductsConfig
-from pipeline.products.fixtures import Scenery, write_gf2_product, write_gf3_product, write_s2_product
+from tests.fixtures.products import Scenery, write_gf2_product, write_gf3_product, write_s2_product
 
 
 @pytest.fixture(scope="session")

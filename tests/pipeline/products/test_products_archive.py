@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.products.archive import Limits, archive_stem, extract, list_members
-from pipeline.products.fixtures import write_hostile_tar, write_hostile_zip
+from tests.fixtures.products import write_hostile_tar, write_hostile_zip
 
 
 def _good_zip(path):

@@ -10,10 +10,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.catalog import build_catalog, catalog_scene, scan_inbox
+from pipeline.prepare.catalog import build_catalog, catalog_scene, scan_inbox
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor
 from pipeline.errors import InputError
-from pipeline.products.fixtures import write_hostile_zip
+from tests.fixtures.products import write_hostile_zip
 from tests.conftest import write_raster
 
 

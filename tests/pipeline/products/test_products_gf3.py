@@ -14,7 +14,7 @@ from rasterio.warp import transform as transform_points
 from pipeline.config import ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products import read_product, recognise
-from pipeline.products.fixtures import TERRAIN_HEIGHT, write_gf3_product
+from tests.fixtures.products import TERRAIN_HEIGHT, write_gf3_product
 from pipeline.products.gf3 import sigma0_db
 from pipeline.products.rpc import read_rpc, rpc_forward
 from pipeline.products.speckle import filter_strips, lee, refined_lee

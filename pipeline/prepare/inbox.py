@@ -1,0 +1,268 @@
+"""The inbox of scheduled ingestion: claim new scenes exactly once, archive them when done.
+
+What is claimed from the inbox (its top level; names starting with '.' are never touched):
+
+- GOLD-named scene files ``{base}_{A|B|D|E}.{tif|tiff|png}``;
+- provider products as delivered: a product *folder* that :func:`pipeline.products.recognise`
+  names (GF-2 PMS folder, GF-3 folder, Sentinel-2 ``….SAFE`` folder), and any *archive*
+  (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``; one that is no product is claimed too, so that the
+  catalog reports it by name instead of it lying in the inbox unnoticed). A product's loose key
+  file (e.g. a GF-2 ``…-MSS1.tiff`` beside its sidecars) is not claimed: deliver folders or archives.
+
+A scene is claimed by renaming it into a run's own folder: a rename is atomic (a folder moves as a
+whole), so when two runs overlap, each file or product goes to exactly one of them.
+
+When is something complete enough to claim?
+
+- A GOLD file: when it was last modified at least ``settle_seconds`` ago.
+- A product folder or archive: when its fingerprint (names, sizes and mtimes of every file in it,
+  :func:`pipeline.products.common.source_fingerprint`) is the same at two polls at least
+  ``settle_seconds`` apart. Each poll records what it saw in ``pending.json`` of the workspace;
+  any change (a file added, grown, touched; a copy tool's temporary file) restarts the wait. This
+  does not trust mtimes to be recent (copies that keep the source's mtimes, clocks of a network
+  share that differ from ours) and it costs one stat per file and poll, nothing is read. A
+  product is therefore claimed one poll after it has stopped changing (``settle_seconds`` should
+  be at most the schedule's interval); ``settle_seconds: 0`` claims on sight, as for files.
+
+A registry of content fingerprints keeps a scene dropped again later from being processed a second
+time: for a file its name, size and a hash of its first and last megabyte; for a product folder the
+same for each of its files (relative name, size, first and last megabyte) — mtimes do not count, so
+a product copied in again is still recognised. Processed scenes move to the archive, where later
+scenes can still be grouped with them; a re-dropped one goes to ``archive/duplicates``; a scene the
+catalog refuses goes to ``rejected/`` with the reason beside it (:func:`reject`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.prepare.catalog import INBOX_PATTERN
+from pipeline.errors import InputError
+from pipeline.products import archive as product_archive
+from pipeline.products import recognise
+from pipeline.products.common import find_files, source_fingerprint
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Folders of one ingestion workspace."""
+
+    root: Path
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.archive / "duplicates"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    @property
+    def claims(self) -> Path:
+        return self.root / "claims"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "ingested.json"
+
+    @property
+    def pending(self) -> Path:
+        """Products seen in the inbox but not claimed yet: name → fingerprint and when first seen."""
+        return self.root / "pending.json"
+
+    def claim_dir(self, run_id: str) -> Path:
+        return self.claims / run_id
+
+
+def _hash_file(digest, path: Path, name: str) -> None:
+    size = path.stat().st_size
+    digest.update(f"{name}:{size}".encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(CHUNK))
+        if size > CHUNK:
+            handle.seek(max(CHUNK, size - CHUNK))
+            digest.update(handle.read(CHUNK))
+
+
+def fingerprint(path: Path) -> str:
+    """Content identity of a scene file or product (archive or folder), independent of mtimes.
+
+    A file: name, size, first and last megabyte. A folder: its name, and each file's relative name,
+    size, first and last megabyte.
+    """
+    digest = hashlib.sha256()
+    if path.is_dir():
+        digest.update(f"folder:{path.name}".encode())
+        for file in find_files(path, lambda _: True, depth=8):
+            _hash_file(digest, file, file.relative_to(path).as_posix())
+    else:
+        _hash_file(digest, path, path.name)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write by rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(partial, path)
+
+
+def read_registry(workspace: Workspace) -> dict[str, dict]:
+    if not workspace.registry.exists():
+        return {}
+    return json.loads(workspace.registry.read_text())
+
+
+def register(workspace: Workspace, entries: dict[str, dict]) -> None:
+    """Add fingerprints to the registry (read-modify-rename; claims already exclude concurrency)."""
+    _write_json(workspace.registry, {**read_registry(workspace), **entries})
+
+
+def is_product_candidate(path: Path) -> bool:
+    """An inbox entry claimed as a provider product: a recognised product folder, or an archive.
+
+    Archives are not opened here (listing a large .tar.gz means decompressing it, and one still
+    being copied cannot be listed): the catalog recognises or refuses them after the claim.
+    """
+    if path.name.startswith("."):
+        return False
+    if product_archive.is_archive(path):
+        return True
+    if not path.is_dir():
+        return False
+    try:
+        return recognise(path) is not None
+    except InputError:
+        return False
+
+
+def product_state(path: Path) -> str:
+    """Hash of a product's names, sizes and mtimes (a stat of each file; nothing is read)."""
+    payload = json.dumps(source_fingerprint(path), sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _settled_products(workspace: Workspace, candidates: list[Path], settle_seconds: float, now: float) -> set[str]:
+    """Names of the candidate products unchanged for ``settle_seconds`` between two polls.
+
+    Updates ``pending.json`` with what this poll saw (a concurrent run may overwrite it: that only
+    delays a claim by one poll, it never lets a changing product through).
+    """
+    if settle_seconds <= 0:
+        return {p.name for p in candidates}
+    pending = _read_json(workspace.pending)
+    seen: dict[str, dict] = {}
+    settled = set()
+    for path in candidates:
+        try:
+            state = product_state(path)
+        except OSError:  # moved or changed while being listed: look again next poll
+            continue
+        before = pending.get(path.name)
+        if before is not None and before.get("state") == state:
+            seen[path.name] = before
+            if now - before["since"] >= settle_seconds:
+                settled.add(path.name)
+        else:
+            seen[path.name] = {"state": state, "since": now}
+    _write_json(workspace.pending, seen)
+    return settled
+
+
+def claim_new_scenes(inbox: Path, workspace: Workspace, run_id: str, *, settle_seconds: float = 0.0) -> list[Path]:
+    """Move the inbox's new scene files and products into this run's claim folder; returns the claimed paths.
+
+    Files still being written (modified less than ``settle_seconds`` ago) and products not yet
+    unchanged for ``settle_seconds`` between two polls wait for a later run (see the module
+    docstring); scenes already ingested (same content fingerprint) are moved straight to the
+    archive's ``duplicates``.
+    """
+    target = workspace.claim_dir(run_id)
+    target.mkdir(parents=True, exist_ok=True)
+    known = read_registry(workspace)
+    now = time.time()
+    entries = [p for p in sorted(inbox.iterdir()) if not p.name.startswith(".")]
+    files = [p for p in entries if p.is_file() and INBOX_PATTERN.match(p.name) is not None]
+    products = [p for p in entries if INBOX_PATTERN.match(p.name) is None and is_product_candidate(p)]
+    settled = _settled_products(workspace, products, settle_seconds, now)
+    ready = []
+    for path in files:
+        try:
+            if now - path.stat().st_mtime >= settle_seconds:
+                ready.append(path)
+        except FileNotFoundError:  # claimed by a concurrent run
+            continue
+    ready += [p for p in products if p.name in settled]
+    claimed = []
+    for path in sorted(ready):
+        destination = target / path.name
+        try:
+            os.rename(path, destination)  # atomic: a concurrent run gets FileNotFoundError
+        except FileNotFoundError:
+            continue
+        if fingerprint(destination) in known:
+            move_into(destination, workspace.duplicates, run_id)
+            continue
+        claimed.append(destination)
+    return sorted(claimed)
+
+
+def move_into(path: Path, folder: Path, run_id: str) -> Path:
+    """Move ``path`` into ``folder`` under its own name.
+
+    A file replaces a file of the same name (as before products); a folder (or anything meeting a
+    folder) first moves the old one to ``folder/.superseded/{run_id}/``, hidden from inbox scans.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    destination = folder / path.name
+    if destination.exists() and (destination.is_dir() or path.is_dir()):
+        aside = folder / ".superseded" / run_id / path.name
+        if aside.exists():  # superseded twice in one run: keep the latest only
+            _remove(aside)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(destination, aside)
+    os.replace(path, destination)
+    return destination
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def reject(path: Path, workspace: Workspace, run_id: str, reason: str) -> Path:
+    """Move a scene or product the catalog refused into ``rejected/``, with ``{name}.reason.txt`` beside it."""
+    moved = move_into(path, workspace.rejected, run_id)
+    (workspace.rejected / f"{path.name}.reason.txt").write_text(reason + "\n")
+    return moved
+
+
+def archive(paths: list[Path], workspace: Workspace, run_id: str) -> list[Path]:
+    """Register the processed scenes and products and move them into the archive."""
+    workspace.archive.mkdir(parents=True, exist_ok=True)
+    register(workspace, {fingerprint(p): {"name": p.name, "run_id": run_id} for p in paths})
+    return [move_into(path, workspace.archive, run_id) for path in paths]

@@ -1,0 +1,119 @@
+"""The GeoPackage written by `prepare`: layers scenes, groups, tiepoints and tiles.
+
+One CRS per GeoPackage: every layer is in the run's common projected CRS (pixel space for
+non-georeferenced runs), and each record also names its native CRS. Training reads the `tiles`
+layer as its index.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+from rasterio.crs import CRS
+from shapely.geometry import Point, box
+
+from pipeline.prepare.catalog import Scene
+from pipeline.prepare.overlap import Group, footprint_in, reproject_geometry
+from pipeline.prepare.tiling import TileRecord
+
+LAYERS = ("scenes", "groups", "tiepoints", "tiles")
+
+
+def crs_text(crs: CRS | None) -> str:
+    if crs is None:
+        return ""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.to_wkt()
+
+
+def scenes_frame(scenes: list[Scene], crs: CRS | None) -> gpd.GeoDataFrame:
+    rows = [
+        {
+            "scene_id": s.id,
+            "path": str(s.path),
+            "sensor": s.sensor.value,
+            "role": s.role.value,
+            "date": s.date.isoformat() if s.date else None,
+            "group_name": s.group,
+            "crs": crs_text(s.crs),
+            "transform": ",".join(f"{v:.12g}" for v in tuple(s.transform)[:6]),
+            "res_x": s.resolution[0],
+            "res_y": s.resolution[1],
+            "width": s.width,
+            "height": s.height,
+            "bands": s.bands,
+            "dtype": s.dtype,
+            "nodata": s.nodata,
+            "geometry": footprint_in(s, crs),
+        }
+        for s in scenes
+    ]
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+
+
+def groups_frame(groups: list[Group], crs: CRS | None) -> gpd.GeoDataFrame:
+    rows = []
+    for g in groups:
+        row = {"group_name": g.name, "reference": g.reference.id}
+        for role in ("B", "C", "label"):
+            member = next((s for r, s in g.members.items() if r.value == role), None)
+            row[f"{role}_id"] = member.id if member else None
+            row[f"overlap_{role}"] = next((v for r, v in g.ratios.items() if r.value == role), None)
+        row["common_area"] = g.common_area.area
+        row["geometry"] = g.common_area
+        rows.append(row)
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+
+
+def tiepoints_frame(rows: list[dict], crs: CRS | None) -> gpd.GeoDataFrame:
+    """Tie points: one row per point, with its map position in the group grid's CRS."""
+    records, points = [], []
+    for row in rows:
+        points.append(reproject_geometry(Point(row.pop("map_x"), row.pop("map_y")), row.pop("grid_crs"), crs))
+        records.append(row)
+    # An explicit GeoSeries: a run without tie points (co-registration off) gives an empty layer.
+    return gpd.GeoDataFrame(records, geometry=gpd.GeoSeries(points, crs=crs))
+
+
+def tiles_frame(
+    records: list[TileRecord], splits: dict[str, str], grid_crs: dict[str, CRS | None], crs: CRS | None
+) -> gpd.GeoDataFrame:
+    rows = []
+    for r in records:
+        rows.append(
+            {
+                "tile_id": r.tile_id,
+                "group_name": r.group,
+                "split": splits[r.tile_id],
+                "col_off": r.col_off,
+                "row_off": r.row_off,
+                **{f"black_{role}": fraction for role, fraction in r.black_fraction.items()},
+                "change_fraction": r.change_fraction,
+                "crs": crs_text(grid_crs[r.group]),
+                "geometry": reproject_geometry(box(*r.bounds), grid_crs[r.group], crs),
+            }
+        )
+    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+
+
+def write_index(path: Path, frames: dict[str, gpd.GeoDataFrame]) -> None:
+    """Write all layers to a new GeoPackage, then rename it over the old one (atomic)."""
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    partial.unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        # Pixel-space runs have no CRS by design.
+        warnings.filterwarnings("ignore", message="'crs' was not provided")
+        for layer, frame in frames.items():
+            if frame.empty:
+                frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=frame.crs))
+            frame.to_file(partial, layer=layer, driver="GPKG", engine="pyogrio")
+    os.replace(partial, path)
+
+
+def read_tiles(path: Path) -> pd.DataFrame:
+    """The tile index as written by `prepare`."""
+    return gpd.read_file(path, layer="tiles", engine="pyogrio")

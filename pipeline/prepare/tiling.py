@@ -1,0 +1,214 @@
+"""Tiling: windows over a group grid, the black/nodata filter, GeoTIFF tiles, de-duplication.
+
+Windows are laid out inside spatial split blocks (see ``pipeline.prepare.split``): blocks of
+``block_tiles × size`` px separated by a one-pixel gap, so that tiles of different blocks never
+overlap nor touch and a block can go to any split without leakage. Inside a block the stride is
+exact and the last window sits flush with the block edge (no zero padding, unlike GOLD).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.io import DatasetReader
+from rasterio.windows import Window
+from shapely import STRtree
+from shapely.geometry.base import BaseGeometry
+
+from pipeline.config import Role, TilingConfig
+from pipeline.prepare.grid import LABEL_NODATA, GroupGrid
+from pipeline.io.raster import is_integer, read_window
+
+BLOCK_GAP_PX = 1
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    tile_id: str
+    block: tuple[int, int]  # (block column, block row) inside the group
+    window: Window
+
+
+@dataclass(frozen=True)
+class TileRecord:
+    """A kept tile: where it lies and what it holds."""
+
+    tile_id: str
+    group: str
+    block: tuple[int, int]
+    col_off: int
+    row_off: int
+    black_fraction: dict[str, float]  # role -> fraction of nodata/black pixels
+    change_fraction: float  # changed / labelled pixels (nan without label)
+    change_pixels: int
+    labelled_pixels: int
+    bounds: tuple[float, float, float, float]  # in the group grid's CRS
+
+
+def axis_positions(start: int, length: int, size: int, stride: int) -> list[int]:
+    """Window starts covering [start, start + length): exact stride, last one flush with the end."""
+    if length < size:
+        return []
+    positions = list(range(start, start + length - size + 1, stride))
+    if positions[-1] != start + length - size:
+        positions.append(start + length - size)
+    return positions
+
+
+def block_extents(length: int, block: int) -> list[tuple[int, int]]:
+    """(start, length) of the blocks along one axis: as many ``block``-long blocks as fit, with
+    the remainder spread evenly over them, one gap pixel between neighbours."""
+    count = max(1, (length + BLOCK_GAP_PX) // (block + BLOCK_GAP_PX))
+    usable = length - (count - 1) * BLOCK_GAP_PX
+    base, extra = divmod(usable, count)
+    extents, start = [], 0
+    for index in range(count):
+        size = base + (1 if index < extra else 0)
+        extents.append((start, size))
+        start += size + BLOCK_GAP_PX
+    return extents
+
+
+def tile_windows(group: str, grid: GroupGrid, config: TilingConfig, block_tiles: int) -> list[TileWindow]:
+    """All candidate windows of a group grid, block by block, in a deterministic order."""
+    block = block_tiles * config.size
+    windows = []
+    for by, (row0, height) in enumerate(block_extents(grid.height, block)):
+        for bx, (col0, width) in enumerate(block_extents(grid.width, block)):
+            for row in axis_positions(row0, height, config.size, config.stride):
+                for col in axis_positions(col0, width, config.size, config.stride):
+                    windows.append(
+                        TileWindow(
+                            tile_id=f"{group}_x{col}_y{row}",
+                            block=(bx, by),
+                            window=Window(col, row, config.size, config.size),
+                        )
+                    )
+    return windows
+
+
+def _write_tile(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata) -> None:
+    """One GeoTIFF tile, atomically (temporary name, then rename); deterministic bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    predictor = 2 if is_integer(data.dtype) else 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pixel-space tiles
+        _write_geotiff(partial, data, source, transform, nodata, predictor)
+    os.replace(partial, path)
+
+
+def _write_geotiff(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata, predictor: int) -> None:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=source.crs,
+        transform=transform,
+        nodata=nodata,
+        compress="deflate",
+        predictor=predictor,
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+    ) as dst:
+        dst.write(data)
+        descriptions = source.descriptions
+        for band, description in enumerate(descriptions[: data.shape[0]], start=1):
+            if description:
+                dst.set_band_description(band, description)
+
+
+def cut_tiles(
+    group: str,
+    images: dict[Role, DatasetReader],
+    grid: GroupGrid,
+    windows: list[TileWindow],
+    config: TilingConfig,
+    out_dir: Path,
+    progress: callable | None = None,
+) -> tuple[list[TileRecord], int]:
+    """Filter and write the tiles of one group; returns (kept records, number dropped as black).
+
+    A tile is dropped when ``config.black_threshold`` or more of its pixels are nodata or black in
+    ANY image (GOLD checked optical t1 only). Labels are not images: their zeros are "no change".
+    """
+    kept: list[TileRecord] = []
+    dropped = 0
+    for candidate in windows:
+        window = candidate.window
+        blocks: dict[Role, np.ndarray] = {}
+        black: dict[str, float] = {}
+        for role, dataset in images.items():
+            is_label = role.is_label
+            black_value = config.black_value if not is_label and is_integer(dataset.dtypes[0]) else None
+            data, valid = read_window(dataset, window, black_value=black_value)
+            blocks[role] = data
+            if not is_label:
+                black[role.value] = float(1.0 - valid.mean())
+        if progress is not None:
+            progress(1)
+        if any(fraction >= config.black_threshold for fraction in black.values()):
+            dropped += 1
+            continue
+        transform = grid.window_transform(window)
+        for role, data in blocks.items():
+            _write_tile(out_dir / role.value / f"{candidate.tile_id}.tif", data, images[role], transform, images[role].nodata)
+        change_pixels, labelled = 0, 0
+        if Role.label in blocks:
+            label = blocks[Role.label][0]
+            change_pixels = int((label == 1).sum())
+            labelled = int((label != LABEL_NODATA).sum())
+        left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
+        kept.append(
+            TileRecord(
+                tile_id=candidate.tile_id,
+                group=group,
+                block=candidate.block,
+                col_off=int(window.col_off),
+                row_off=int(window.row_off),
+                black_fraction=black,
+                change_fraction=change_pixels / labelled if labelled else float("nan"),
+                change_pixels=change_pixels,
+                labelled_pixels=labelled,
+                bounds=(min(left, right), min(bottom, top), max(left, right), max(bottom, top)),
+            )
+        )
+    return kept, dropped
+
+
+def find_duplicates(
+    footprints: list[tuple[str, str, BaseGeometry]], max_overlap: float
+) -> list[str]:
+    """Tile ids to drop as duplicates of an already kept tile of another group (GOLD's rule).
+
+    ``footprints`` are (tile_id, group, geometry in one CRS) in priority order; a tile whose
+    overlap with a kept tile of another group exceeds ``max_overlap`` of the smaller is dropped.
+    Tiles of one group never duplicate each other: their overlap is the stride's.
+    """
+    by_group: dict[str, list[tuple[str, BaseGeometry]]] = {}
+    for tile_id, group, geometry in footprints:
+        by_group.setdefault(group, []).append((tile_id, geometry))
+    kept: list[BaseGeometry] = []
+    duplicates: list[str] = []
+    for group_tiles in by_group.values():
+        tree = STRtree(kept) if kept else None
+        for tile_id, geometry in group_tiles:
+            if tree is not None and any(
+                kept[i].intersection(geometry).area / min(kept[i].area, geometry.area) > max_overlap
+                for i in tree.query(geometry, predicate="intersects")
+            ):
+                duplicates.append(tile_id)
+            else:
+                kept.append(geometry)
+    return duplicates
