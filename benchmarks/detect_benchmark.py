@@ -199,11 +199,12 @@ def detect_child(spec_path: str) -> int:
     import torch
 
     import pipeline.detect.sliding as d
+    from pipeline.learn.device import resolve_device
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
     register_tiny_model()
-    device = d.resolve_device(spec["kwargs"]["device"])
+    device = resolve_device(spec["kwargs"]["device"])
     cuda = device.type == "cuda"
     breakdown = spec.get("breakdown", True)
     sync = torch.cuda.synchronize if cuda and breakdown else (lambda: None)
@@ -338,13 +339,14 @@ def reference_child(spec_path: str) -> int:
     import torch
 
     import pipeline.detect.sliding as d
+    from pipeline.learn.device import resolve_device
     from pipeline.learn.checkpoint import load_checkpoint
     from pipeline.learn.normalization import BandStats
 
     if spec.get("torch_threads"):
         torch.set_num_threads(spec["torch_threads"])
     register_tiny_model()
-    device = d.resolve_device(spec["device"])
+    device = resolve_device(spec["device"])
     checkpoint = Path(spec["checkpoint"])
     payload = load_checkpoint(checkpoint)
     inputs = d._check_inputs(Path(spec["group"]), checkpoint, payload)

@@ -89,8 +89,8 @@ from pipeline.learn.train import (  # noqa: E402
     build_model,
     channel_options,
     model_roles,
-    resolve_device,
 )
+from pipeline.learn.device import resolve_device  # noqa: E402
 
 DEFAULT_MODELS = ["fc_siam_diff", "gold", "gold_lite"]
 TILE = 512
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = args.data.resolve() if args.data else prepare_synthetic(args.work.resolve(), args.scene_size, args.seed)
     index = load_index(data)
     base = TrainConfig(data=data, device=args.device)
-    device = resolve_device(base.device, Distributed())
+    device = resolve_device(base.device)
     optical_b = "C" not in index.columns  # LEVIR-style: A and B are both optical, no teacher input
     modalities = {"A": "optical", "B": "optical"} if optical_b else dict(base.modalities)
     env = _environment(device)

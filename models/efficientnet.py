@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.weights import read_state_dict
+
 # (repeats, kernel, stride, expand ratio, input channels, output channels) of EfficientNet-B0, SE ratio 0.25.
 B0_STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
@@ -176,15 +178,7 @@ class EfficientNetB0Encoder(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load encoder weights from a local file; every encoder tensor must be present (head/FC keys ignored)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-        state = {k.removeprefix("module.").removeprefix("encoder."): v for k, v in state.items()}
+        state = {k.removeprefix("encoder."): v for k, v in read_state_dict(path, what="encoder weights").items()}
         own = self.state_dict()
         if "features.0.0.weight" in state and "_conv_stem.weight" not in state:
             mapping = self._torchvision_names()

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from models.weights import read_state_dict
+
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
 M = TypeVar("M", bound=type[nn.Module])
@@ -67,15 +69,7 @@ def load_state(module: nn.Module, path: str | Path) -> None:
     A missing file is an error (nothing is ever downloaded). A DataParallel/DDP ``module.`` prefix is removed.
     The load is strict: a checkpoint for another architecture fails loudly instead of half-loading.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_state_dict(path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from models.weights import read_state_dict
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3×3 conv-BN, identity (or 1×1 projection) shortcut, ReLU."""
@@ -114,13 +116,7 @@ class DeepStemResNet18(nn.Module):
         and this encoder has another number, the filters are replaced by their channel mean, repeated and
         rescaled by 3 / in_channels so activations keep their magnitude.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_state_dict(path, what="encoder weights")
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         if missing:

@@ -66,6 +66,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.weights import read_state_dict
+
 from .base import ChangeModel, check_input, pad_to_multiple
 from .perturbation import PerturbationConfig, perturb
 from .registry import register
@@ -122,15 +124,7 @@ class ResNet18Encoder(nn.Module):
         A first conv with another band count is adapted by averaging its filters over the input bands,
         repeating and rescaling by (checkpoint bands / own bands); the t2 stem is initialised the same way.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"encoder weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_state_dict(path, what="encoder weights")
         own = self.state_dict()
         source = {k: k.replace("conv1_t2", "conv1").replace("bn1_t2", "bn1") for k in own}
         missing = [k for k in own if source[k] not in state]

@@ -45,10 +45,11 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from pipeline.learn.metrics import IGNORE_INDEX, as_floats, change_metrics
+from pipeline.learn.metrics import as_floats, change_metrics
 from pipeline.io.raster import open_raster, read_window
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics
-from pipeline.detect.vectorize import NODATA, check_same_grid, metric_series, polygonize
+from pipeline.detect.vectorize import check_same_grid, metric_series, polygonize
+from pipeline.io.raster import NODATA_U8
 
 METRICS = ("precision", "recall", "f1", "iou", "oa", "kappa")
 PANEL_MAX = 1024  # px per quick-look panel: the 2×2 mosaic stays within 2048 px
@@ -114,8 +115,8 @@ def pixel_metrics(classes: Path, label: Path, *, block_size: int = 2048) -> dict
                 pred, pred_valid = read_window(pred_ds, window)
                 truth, truth_valid = read_window(label_ds, window)
                 pred, truth = pred[0], truth[0]
-                labelled = truth_valid & (truth != IGNORE_INDEX)
-                pred_valid &= pred != NODATA
+                labelled = truth_valid & (truth != NODATA_U8)
+                pred_valid &= pred != NODATA_U8
                 used = labelled & pred_valid
                 ignored += int(truth.size - labelled.sum())
                 pred_nodata += int((labelled & ~pred_valid).sum())
@@ -165,11 +166,11 @@ def semantic_metrics(
                     col_off, row_off, min(block_size, first.width - col_off), min(block_size, first.height - row_off)
                 )
                 predicted_blocks = {name: read_window(dataset, window)[0][0] for name, dataset in pred.items()}
-                pred_valid = np.logical_and.reduce([block != NODATA for block in predicted_blocks.values()])
+                pred_valid = np.logical_and.reduce([block != NODATA_U8 for block in predicted_blocks.values()])
                 reference = {}
                 for name, dataset in ref.items():
                     values, valid = read_window(dataset, window)
-                    reference[name] = np.where(valid, values[0], IGNORE_INDEX)[pred_valid]
+                    reference[name] = np.where(valid, values[0], NODATA_U8)[pred_valid]
                 metrics.update(
                     predicted_blocks["semantic_t1"][pred_valid], predicted_blocks["semantic_t2"][pred_valid],
                     reference["semantic_t1"], reference["semantic_t2"],
@@ -320,7 +321,7 @@ def _error_panel(pred: np.ndarray, pred_valid: np.ndarray, truth: np.ndarray, tr
 def _classes_small(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     data, valid = _read_small(path, shape, Resampling.nearest)
     band = data[0]
-    return band, valid & (band != NODATA)
+    return band, valid & (band != NODATA_U8)
 
 
 def panel_shape(width: int, height: int, limit: int = PANEL_MAX) -> tuple[int, int]:

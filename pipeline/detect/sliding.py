@@ -75,12 +75,14 @@ from rasterio.windows import Window
 from torch import nn
 
 import models
+from pipeline.learn.device import resolve_device
 from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 from pipeline.io.cog import write_cog_from_blocks
 from pipeline.config import TextConfig, TilingConfig
 from pipeline.errors import ChangeflowError, ConfigError, GroupError, InputError
 from pipeline.learn.normalization import BandStats, normalize
 from pipeline.io.raster import bounded_gdal_cache, is_integer, read_window
+from pipeline.io.raster import NODATA_U8
 
 PROBABILITY_FILE = "change_probability.tif"
 CLASS_FILE = "change_class.tif"
@@ -90,7 +92,6 @@ MAX_TRANSITION_CLASSES = 15  # 1 + K·from + to must fit uint8 below the nodata 
 PARTIAL_DIR = ".detect-partial"
 JOURNAL = "journal.json"
 DEFAULT_WINDOW = 512
-NODATA_U8 = 255
 PROBABILITY_SCALE = 254  # uint8 probability: round(p × 254); 255 is nodata
 READ_THREADS = 2
 # GDAL's block cache defaults to 5 % of RAM and would grow with the scene; windows are read in block
@@ -322,14 +323,6 @@ def _prompt_embedding(
         raise InputError(checkpoint_path, f"cannot embed the prompt: {exc}") from None
     tensors = {"text": torch.from_numpy(values)[None].to(device), "text_mask": torch.from_numpy(mask)[None].to(device)}
     return tensors, used
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise ChangeflowError(f"device '{choice}' requested but no CUDA device is available")
-    return torch.device(choice)
 
 
 def default_window(checkpoint: dict) -> int:

@@ -71,10 +71,10 @@ from skimage.measure import label as label_regions
 
 from pipeline.errors import InputError
 from pipeline.io.raster import open_raster, read_window
+from pipeline.io.raster import NODATA_U8
 
 log = logging.getLogger(__name__)
 
-NODATA = 255
 PROBABILITY_SCALE = 254.0
 LAYER = "changes"
 COLUMNS = ("id", "class", "area_m2", "perimeter_m", "mean_prob", "max_prob", "n_pixels")
@@ -102,7 +102,7 @@ def probability_block(dataset: rasterio.io.DatasetReader, window: Window) -> np.
     band = data[0]
     if np.issubdtype(band.dtype, np.integer):
         prob = band.astype(np.float32) / PROBABILITY_SCALE
-        nodata = NODATA if dataset.nodata is None else dataset.nodata
+        nodata = NODATA_U8 if dataset.nodata is None else dataset.nodata
         valid &= band != nodata
     else:
         prob = band.astype(np.float32)
@@ -115,7 +115,7 @@ def _class_block(dataset: rasterio.io.DatasetReader, window: Window) -> tuple[np
     band = data[0]
     if band.dtype.name not in SIEVE_DTYPES:
         raise InputError(dataset.name, f"class raster has dtype {band.dtype}; expected uint8 (or another integer type)")
-    valid &= band != NODATA
+    valid &= band != NODATA_U8
     return band, valid
 
 

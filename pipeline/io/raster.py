@@ -20,8 +20,11 @@ from rasterio.windows import Window
 from pipeline.errors import InputError
 
 # GDAL's block cache defaults to 5 % of RAM and grows with the scene; the stages read windows in
-# block order, so a few block rows of cache is all the reuse there is.
+# block order, so a few block rows of cache is all the reuse there is. One setting for every stage.
 GDAL_CACHE_MB = 256
+# Nodata of every uint8 raster written (labels, classes, probabilities) and the label value ignored in
+# training and metrics.
+NODATA_U8 = 255
 
 
 def _mat_to_memfile(path: Path, key: str | None) -> MemoryFile:

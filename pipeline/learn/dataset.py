@@ -25,8 +25,8 @@ from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geome
 from pipeline.errors import InputError
 from pipeline.learn.normalization import BandStats, Modality, fit_stats, normalize
 from pipeline.io.raster import open_raster, read_window
+from pipeline.io.raster import NODATA_U8
 
-IGNORE = 255
 SEMANTIC_ROLES = ("semantic_t1", "semantic_t2")
 FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")
 
@@ -128,7 +128,7 @@ def _classes(path: Path, valid: np.ndarray) -> np.ndarray:
     """A class tile as int64 with 255 wherever it or any image is invalid."""
     data, label_valid = _read(path)
     classes = data[0].astype(np.int64)
-    classes[~(label_valid & valid)] = IGNORE
+    classes[~(label_valid & valid)] = NODATA_U8
     return classes
 
 
@@ -178,10 +178,10 @@ class TileDataset(Dataset):
             label = label_raw[0].astype(np.int64)
             if row["label_format"] == "binary255":
                 label = (label > 127).astype(np.int64)
-            label[~(label_valid & valid_all)] = IGNORE
+            label[~(label_valid & valid_all)] = NODATA_U8
         else:  # semantic data without a change label: the class transition
             t1, t2 = targets["semantic_t1"], targets["semantic_t2"]
-            label = np.where((t1 == IGNORE) | (t2 == IGNORE), IGNORE, t1 != t2).astype(np.int64)
+            label = np.where((t1 == NODATA_U8) | (t2 == NODATA_U8), NODATA_U8, t1 != t2).astype(np.int64)
         rng = np.random.default_rng((self.seed, self.epoch, item))
         arrays = {role: normalize(data, valid, self.stats[role]) for role, (data, valid) in images.items()}
         arrays.update({f"{role}_valid": valid for role, (_, valid) in images.items()})

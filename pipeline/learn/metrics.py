@@ -7,6 +7,7 @@ recall, F1 and IoU are 0 by torchmetrics' convention; OA and kappa still describ
 from __future__ import annotations
 
 import torch
+from pipeline.io.raster import NODATA_U8
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -17,7 +18,6 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
-IGNORE_INDEX = 255
 
 
 def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) -> MetricCollection:
@@ -26,7 +26,7 @@ def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) ->
     ``sync=False`` (default) computes on this process's data only: under DDP, evaluation runs on
     rank 0 alone, and a cross-process sync would wait forever for the other ranks.
     """
-    options = {"ignore_index": IGNORE_INDEX, "sync_on_compute": sync}
+    options = {"ignore_index": NODATA_U8, "sync_on_compute": sync}
     return MetricCollection(
         {
             "precision": BinaryPrecision(**options),

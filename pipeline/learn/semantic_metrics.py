@@ -50,8 +50,8 @@ import math
 from typing import Any
 
 import numpy as np
+from pipeline.io.raster import NODATA_U8
 
-IGNORE_INDEX = 255
 
 
 def _array(x: Any) -> np.ndarray:
@@ -100,7 +100,7 @@ class SemanticChangeMetrics:
     ``compute() -> dict[str, float]``, ``merge(other)`` adds another accumulator, ``reset()`` clears.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = NODATA_U8) -> None:
         if num_classes < 2:
             raise ValueError(f"num_classes must be ≥ 2, got {num_classes}")
         if 0 <= ignore_index < num_classes:
@@ -274,7 +274,7 @@ def semantic_change_scores(
     num_classes: int,
     pred_change: Any | None = None,
     gt_change: Any | None = None,
-    ignore_index: int = IGNORE_INDEX,
+    ignore_index: int = NODATA_U8,
 ) -> dict[str, float]:
     """One-shot :class:`SemanticChangeMetrics` over the given maps."""
     metrics = SemanticChangeMetrics(num_classes, ignore_index)

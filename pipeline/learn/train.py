@@ -32,6 +32,7 @@ import models
 from models.registry import model_class
 from models.losses import build_loss
 from pipeline.learn.augment import AugmentSettings
+from pipeline.learn.device import resolve_device
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
@@ -60,14 +61,6 @@ def distributed_from_env() -> Distributed:
     if world == 1:
         return Distributed()
     return Distributed(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def resolve_device(choice: str, ddp: Distributed) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but no CUDA device is available")
-    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda", ddp.local_rank)
-    return torch.device("cpu")
 
 
 def model_roles(config: TrainConfig) -> tuple[list[str], bool]:
@@ -261,7 +254,7 @@ def train(
     raised before the first training step.
     """
     ddp = distributed_from_env()
-    device = resolve_device(config.device, ddp)
+    device = resolve_device(config.device, ddp.local_rank)
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     roles, teacher = model_roles(config)

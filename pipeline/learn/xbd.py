@@ -54,6 +54,7 @@ from shapely import wkt
 from shapely.errors import ShapelyError
 
 from pipeline.errors import InputError
+from pipeline.io.raster import NODATA_U8
 
 XBD_CLASSES: tuple[str, ...] = ("background", "building (no damage)", "minor-damage", "major-damage", "destroyed")
 """Semantic classes of both dates (index = label value)."""
@@ -61,7 +62,6 @@ XBD_T2_CODES: dict[str, int] = {"no-damage": 1, "minor-damage": 2, "major-damage
 """Post-disaster ``subtype`` → semantic_t2 value."""
 CHANGE_MIN_CODE = 2
 """semantic_t2 ≥ this (minor-damage and worse) is change."""
-IGNORE = 255
 ROLES = ("A", "B", "label", "semantic_t1", "semantic_t2")
 SPLITS = ("train", "val", "test")
 
@@ -150,9 +150,9 @@ def rasterize_pair(
     burn_t2.sort(key=lambda item: item[1])  # higher damage over lower, un-classified (255) last
     t2 = _burn(burn_t2, shape)
     disagree = (t1 > 0) != (t2 > 0)
-    change = np.where(t2 == IGNORE, IGNORE, (t2 >= CHANGE_MIN_CODE) & (t2 != IGNORE)).astype(np.uint8)
+    change = np.where(t2 == NODATA_U8, NODATA_U8, (t2 >= CHANGE_MIN_CODE) & (t2 != NODATA_U8)).astype(np.uint8)
     for label in (t1, t2, change):
-        label[disagree] = IGNORE
+        label[disagree] = NODATA_U8
     return t1, t2, change, int(disagree.sum())
 
 
@@ -291,7 +291,7 @@ def _convert_pair(
             _write(paths["A"], pre_img[(slice(None), *window)], tile_transform, None)
             _write(paths["B"], post_img[(slice(None), *window)], tile_transform, None)
             for role, label in (("label", change), ("semantic_t1", t1), ("semantic_t2", t2)):
-                _write(paths[role], label[window], tile_transform, IGNORE)
+                _write(paths[role], label[window], tile_transform, NODATA_U8)
             written += 1
     covered = (slice(0, rows * tile), slice(0, cols * tile))
     t2c = t2[covered]
@@ -305,7 +305,7 @@ def _convert_pair(
         "building_pixels_t1": int((t1[covered] == 1).sum()),
         "t2_pixels": {XBD_CLASSES[k]: int((t2c == k).sum()) for k in range(len(XBD_CLASSES))},
         "changed_pixels": int((change[covered] == 1).sum()),
-        "ignored_pixels": int((change[covered] == IGNORE).sum()),
+        "ignored_pixels": int((change[covered] == NODATA_U8).sum()),
         "footprint_disagreement_pixels": disagree,
         "georeferenced": transform is not None,
         "georeference_residual_px": residual if math.isfinite(residual) else None,
@@ -337,8 +337,8 @@ def write_xbd_scenes(root: str | Path, out: str | Path, *, pairs: Sequence[str] 
         except ValueError as exc:
             raise InputError(root / "labels" / f"{name}_post_disaster.json", str(exc)) from exc
         transform, _ = fit_geotransform(vertices)
-        rasters = {"A": (pre_img, None), "C": (post_img, None), "label": (change, IGNORE),
-                   "semantic_t1": (t1, IGNORE), "semantic_t2": (t2, IGNORE)}
+        rasters = {"A": (pre_img, None), "C": (post_img, None), "label": (change, NODATA_U8),
+                   "semantic_t1": (t1, NODATA_U8), "semantic_t2": (t2, NODATA_U8)}
         for role, (data, nodata) in rasters.items():
             path = out / name / f"{role}.tif"
             _write(path, data, transform, nodata)

@@ -32,8 +32,8 @@ from pipeline.io.cog import write_cog_from_blocks
 from pipeline.config import GridConfig, LabelEncoding, Role
 from pipeline.prepare.overlap import Group, reproject_geometry
 from pipeline.io.raster import is_integer, open_raster
+from pipeline.io.raster import NODATA_U8
 
-LABEL_NODATA = 255
 # Pixel-space (non-georeferenced) images are warped in a placeholder CRS equal on both sides,
 # so GDAL applies only the affine part.
 PIXEL_SPACE_CRS = CRS.from_epsg(3857)
@@ -97,7 +97,7 @@ def reference_grid(group: Group, common_crs: CRS | None, config: GridConfig) -> 
 def grid_nodata(scene: Scene) -> float:
     """Nodata of a gridded image: the source's, else 255 for labels, 0 for integers, NaN for floats."""
     if scene.role.is_label:
-        return LABEL_NODATA
+        return NODATA_U8
     if scene.nodata is not None:
         return scene.nodata
     return 0 if is_integer(scene.dtype) else float("nan")
@@ -194,8 +194,8 @@ def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding 
     elif encoding == "binary255":
         label = (values > 127).astype(np.uint8)
     else:
-        label = np.where(np.isin(values, (0, 1)), values, LABEL_NODATA).astype(np.uint8)
-    label[alpha == 0] = LABEL_NODATA
+        label = np.where(np.isin(values, (0, 1)), values, NODATA_U8).astype(np.uint8)
+    label[alpha == 0] = NODATA_U8
     return label
 
 
@@ -225,7 +225,7 @@ def write_cog(
     profile = {
         "width": grid.width, "height": grid.height, "count": 1 if categorical else source.count,
         "dtype": "uint8" if categorical else source.dtypes[0], "crs": grid.crs, "transform": grid.transform,
-        "nodata": LABEL_NODATA if categorical else source.nodata,
+        "nodata": NODATA_U8 if categorical else source.nodata,
     }
 
     def blocks() -> Iterator[tuple[Window, np.ndarray]]:

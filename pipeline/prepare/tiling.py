@@ -22,8 +22,9 @@ from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import Role, TilingConfig
-from pipeline.prepare.grid import LABEL_NODATA, GroupGrid
+from pipeline.prepare.grid import GroupGrid
 from pipeline.io.raster import is_integer, read_window
+from pipeline.io.raster import NODATA_U8
 
 BLOCK_GAP_PX = 1
 
@@ -168,7 +169,7 @@ def cut_tiles(
         if Role.label in blocks:
             label = blocks[Role.label][0]
             change_pixels = int((label == 1).sum())
-            labelled = int((label != LABEL_NODATA).sum())
+            labelled = int((label != NODATA_U8).sum())
         left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
         kept.append(
             TileRecord(
