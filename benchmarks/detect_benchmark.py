@@ -339,8 +339,8 @@ def reference_child(spec_path: str) -> int:
     import torch
 
     import pipeline.detect.sliding as d
-    from pipeline.learn.device import resolve_device
     from pipeline.learn.checkpoint import load_checkpoint
+    from pipeline.learn.device import resolve_device
     from pipeline.learn.normalization import BandStats
 
     if spec.get("torch_threads"):

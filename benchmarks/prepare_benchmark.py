@@ -622,7 +622,7 @@ def print_report(rows: list[dict]) -> None:
                           f"{cf['max_rss_mb']:.0f} MB; CPU {cf['cpu_s']:.0f} s; load avg {cf['loadavg'][0]:.1f} -> "
                           f"{cf['loadavg'][1]:.1f} on {os.cpu_count()} CPUs")
             console.print(f"  stages (s): {stages}")
-            console.print(f"  peak RSS per stage (MB, main/tree): "
+            console.print("  peak RSS per stage (MB, main/tree): "
                           + ", ".join(f"{k} {v['main']}/{v['tree']}" for k, v in cf["stage_peak_rss_mb"].items()))
         gd = row.get("gdal")
         if gd:

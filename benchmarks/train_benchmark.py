@@ -75,9 +75,10 @@ from torch import nn  # noqa: E402
 
 import models  # noqa: E402
 from models.registry import model_class  # noqa: E402
-from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry  # noqa: E402
 from pipeline.learn.dataset import TileDataset, _read, check_index, fit_normalization, load_index  # noqa: E402
+from pipeline.learn.device import resolve_device  # noqa: E402
 from pipeline.learn.normalization import normalize  # noqa: E402
 from pipeline.learn.train import (  # noqa: E402
     Distributed,
@@ -90,7 +91,6 @@ from pipeline.learn.train import (  # noqa: E402
     channel_options,
     model_roles,
 )
-from pipeline.learn.device import resolve_device  # noqa: E402
 
 DEFAULT_MODELS = ["fc_siam_diff", "gold", "gold_lite"]
 TILE = 512

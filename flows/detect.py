@@ -19,12 +19,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.progress import progress_bar
 from flows.train import gpu_slot, uses_gpu
-from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 from pipeline.config import DetectConfig, load_config
-from pipeline.detect.sliding import detect_group
-from pipeline.errors import ChangeflowError
 from pipeline.detect.evaluate import evaluate_prediction, semantic_metrics, write_report
+from pipeline.detect.sliding import detect_group
 from pipeline.detect.vectorize import vectorize
+from pipeline.errors import ChangeflowError
+from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 
 REPORT = "detect_report.json"
 

@@ -29,13 +29,13 @@ from rasterio.crs import CRS
 from shapely.geometry import box
 
 from flows.progress import progress_bar
-from pipeline.prepare.catalog import Scene, build_catalog, scene_entries
 from pipeline.config import PrepareConfig, Role, load_config
-from pipeline.prepare.coregistration import CoregistrationResult, coregister
 from pipeline.errors import ChangeflowError, GroupError
+from pipeline.io.raster import bounded_gdal_cache, split_mat_key
+from pipeline.prepare.catalog import Scene, build_catalog, scene_entries
+from pipeline.prepare.coregistration import CoregistrationResult, coregister
 from pipeline.prepare.grid import GroupGrid, reference_grid, warped, write_cog
 from pipeline.prepare.overlap import Group, build_groups, reproject_geometry
-from pipeline.io.raster import bounded_gdal_cache, split_mat_key
 from pipeline.prepare.split import BlockStats, assign_splits, isolation_conflicts
 from pipeline.prepare.tile_index import groups_frame, scenes_frame, tiepoints_frame, tiles_frame, write_index
 from pipeline.prepare.tiling import TileRecord, cut_tiles, find_duplicates, tile_windows

@@ -23,9 +23,9 @@ from .complexity import complexity, count_flops, count_parameters
 from .fc import FCEF, FCSiamConc, FCSiamDiff
 from .gold import GOLD
 from .gold_lite import GOLDLite
-from .segchange import SegChangeR1  # registers "segchange_r1"
 from .losses import GoldLoss, available_losses, build_loss
 from .registry import available, build, register
+from .segchange import SegChangeR1  # registers "segchange_r1"
 from .stikdnet import STIKDNet  # registers "stikdnet"
 
 __all__ = [

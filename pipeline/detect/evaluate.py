@@ -45,11 +45,10 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
-from pipeline.learn.metrics import as_floats, change_metrics
-from pipeline.io.raster import open_raster, read_window
-from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 from pipeline.detect.vectorize import check_same_grid, metric_series, polygonize
-from pipeline.io.raster import NODATA_U8
+from pipeline.io.raster import NODATA_U8, open_raster, read_window
+from pipeline.learn.metrics import as_floats, change_metrics
+from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 
 METRICS = ("precision", "recall", "f1", "iou", "oa", "kappa")
 PANEL_MAX = 1024  # px per quick-look panel: the 2×2 mosaic stays within 2048 px

@@ -75,14 +75,13 @@ from rasterio.windows import Window
 from torch import nn
 
 import models
-from pipeline.learn.device import resolve_device
-from pipeline.learn.checkpoint import file_sha256, load_checkpoint
-from pipeline.io.cog import write_cog_from_blocks
 from pipeline.config import TextConfig, TilingConfig
 from pipeline.errors import ChangeflowError, ConfigError, GroupError, InputError
+from pipeline.io.cog import write_cog_from_blocks
+from pipeline.io.raster import NODATA_U8, bounded_gdal_cache, is_integer, read_window
+from pipeline.learn.checkpoint import file_sha256, load_checkpoint
+from pipeline.learn.device import resolve_device
 from pipeline.learn.normalization import BandStats, normalize
-from pipeline.io.raster import bounded_gdal_cache, is_integer, read_window
-from pipeline.io.raster import NODATA_U8
 
 PROBABILITY_FILE = "change_probability.tif"
 CLASS_FILE = "change_class.tif"

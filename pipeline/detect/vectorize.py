@@ -70,8 +70,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as label_regions
 
 from pipeline.errors import InputError
-from pipeline.io.raster import open_raster, read_window
-from pipeline.io.raster import NODATA_U8
+from pipeline.io.raster import NODATA_U8, open_raster, read_window
 
 log = logging.getLogger(__name__)
 

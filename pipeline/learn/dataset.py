@@ -16,16 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 from torch.utils.data import Dataset
 
-from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry
 from pipeline.errors import InputError
+from pipeline.io.raster import NODATA_U8, open_raster, read_window
+from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry
 from pipeline.learn.normalization import BandStats, Modality, fit_stats, normalize
-from pipeline.io.raster import open_raster, read_window
-from pipeline.io.raster import NODATA_U8
 
 SEMANTIC_ROLES = ("semantic_t1", "semantic_t2")
 FOLDER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".bmp")

@@ -7,7 +7,6 @@ recall, F1 and IoU are 0 by torchmetrics' convention; OA and kappa still describ
 from __future__ import annotations
 
 import torch
-from pipeline.io.raster import NODATA_U8
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
@@ -18,6 +17,7 @@ from torchmetrics.classification import (
     BinaryRecall,
 )
 
+from pipeline.io.raster import NODATA_U8
 
 
 def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) -> MetricCollection:

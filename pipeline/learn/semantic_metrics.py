@@ -50,8 +50,8 @@ import math
 from typing import Any
 
 import numpy as np
-from pipeline.io.raster import NODATA_U8
 
+from pipeline.io.raster import NODATA_U8
 
 
 def _array(x: Any) -> np.ndarray:

@@ -22,21 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import models
-from models.registry import model_class
 from models.losses import build_loss
-from pipeline.learn.augment import AugmentSettings
-from pipeline.learn.device import resolve_device
-from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
+from models.registry import model_class
 from pipeline.config import TrainConfig
-from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
 from pipeline.errors import ConfigError, InputError
+from pipeline.learn.augment import AugmentSettings
+from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
+from pipeline.learn.device import resolve_device
 from pipeline.learn.metrics import as_floats, change_metrics
 from pipeline.learn.normalization import BandStats
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 import rasterio
+import yaml
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize

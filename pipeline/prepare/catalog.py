@@ -24,9 +24,9 @@ from shapely.ops import unary_union
 
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
 from pipeline.errors import InputError
+from pipeline.io.raster import is_integer, open_raster, read_window
 from pipeline.products import archive as product_archive
 from pipeline.products import read_product, recognise
-from pipeline.io.raster import is_integer, open_raster, read_window
 
 INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)$", re.IGNORECASE)
 INBOX_ROLES = {"A": Role.A, "B": Role.B, "D": Role.C, "E": Role.label}

@@ -33,9 +33,9 @@ from rasterio.windows import Window
 from scipy import fft, ndimage
 from scipy.signal.windows import tukey
 from skimage.measure import ransac
-from threadpoolctl import threadpool_limits
 from skimage.registration import phase_cross_correlation
 from skimage.transform import AffineTransform
+from threadpoolctl import threadpool_limits
 
 from pipeline.config import CoregistrationConfig
 from pipeline.errors import InputError

@@ -27,12 +27,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
-from pipeline.prepare.catalog import Scene
+from pipeline.config import GridConfig, LabelEncoding
 from pipeline.io.cog import write_cog_from_blocks
-from pipeline.config import GridConfig, LabelEncoding, Role
+from pipeline.io.raster import NODATA_U8, is_integer, open_raster
+from pipeline.prepare.catalog import Scene
 from pipeline.prepare.overlap import Group, reproject_geometry
-from pipeline.io.raster import is_integer, open_raster
-from pipeline.io.raster import NODATA_U8
 
 # Pixel-space (non-georeferenced) images are warped in a placeholder CRS equal on both sides,
 # so GDAL applies only the affine part.

@@ -42,8 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.prepare.catalog import INBOX_PATTERN
 from pipeline.errors import InputError
+from pipeline.prepare.catalog import INBOX_PATTERN
 from pipeline.products import archive as product_archive
 from pipeline.products import recognise
 from pipeline.products.common import find_files, source_fingerprint

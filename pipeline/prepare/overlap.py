@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+import shapely
 from pyproj import Transformer
 from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
-import numpy as np
-import shapely
 from shapely import segmentize
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.prepare.catalog import Scene
 from pipeline.config import Role
+from pipeline.prepare.catalog import Scene
 
 MEMBER_ROLES = (Role.B, Role.C, Role.label, Role.semantic_t1, Role.semantic_t2)
 

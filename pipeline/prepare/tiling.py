@@ -22,9 +22,8 @@ from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import Role, TilingConfig
+from pipeline.io.raster import NODATA_U8, is_integer, read_window
 from pipeline.prepare.grid import GroupGrid
-from pipeline.io.raster import is_integer, read_window
-from pipeline.io.raster import NODATA_U8
 
 BLOCK_GAP_PX = 1
 

@@ -34,8 +34,18 @@ from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products import rpc as rpcs
 from pipeline.products.common import (
-    ReadProduct, atomic_output, block_rows, describe, find_files, geotiff_profile, number,
-    parse_time, parse_xml, row_blocks, sibling, text,
+    ReadProduct,
+    atomic_output,
+    block_rows,
+    describe,
+    find_files,
+    geotiff_profile,
+    number,
+    parse_time,
+    parse_xml,
+    row_blocks,
+    sibling,
+    text,
 )
 
 NAME = re.compile(

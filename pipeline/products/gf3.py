@@ -42,8 +42,19 @@ from pipeline.errors import InputError
 from pipeline.products import rpc as rpcs
 from pipeline.products import speckle
 from pipeline.products.common import (
-    ReadProduct, atomic_output, describe, find, find_files, geotiff_profile, local, number, parse_time,
-    parse_xml, row_blocks, sibling, text, to_db_in_place,
+    ReadProduct,
+    atomic_output,
+    describe,
+    find_files,
+    geotiff_profile,
+    local,
+    number,
+    parse_time,
+    parse_xml,
+    row_blocks,
+    sibling,
+    text,
+    to_db_in_place,
 )
 
 NAME = re.compile(

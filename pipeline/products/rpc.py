@@ -26,7 +26,8 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
-from rasterio.warp import reproject, transform as transform_points
+from rasterio.warp import reproject
+from rasterio.warp import transform as transform_points
 
 from pipeline.errors import InputError
 

@@ -31,8 +31,16 @@ from rasterio.windows import Window
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products.common import (
-    ReadProduct, atomic_output, describe, find, find_files, geotiff_profile, local, number, parse_time,
-    parse_xml, text,
+    ReadProduct,
+    atomic_output,
+    describe,
+    find_files,
+    geotiff_profile,
+    local,
+    number,
+    parse_time,
+    parse_xml,
+    text,
 )
 
 NAME = re.compile(

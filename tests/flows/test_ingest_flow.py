@@ -12,8 +12,8 @@ import torch
 import models
 from flows.ingest import ingest_flow
 from pipeline.learn.checkpoint import save_checkpoint
-from pipeline.prepare.inbox import Workspace, claim_new_scenes
 from pipeline.learn.normalization import BandStats
+from pipeline.prepare.inbox import Workspace, claim_new_scenes
 from pipeline.synthetic.scenes import write_synthetic_group
 
 pytestmark = pytest.mark.integration

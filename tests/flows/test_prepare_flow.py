@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,8 +13,8 @@ import rasterio
 from rasterio.crs import CRS
 
 from flows.prepare import prepare_flow, process_group, run_prepare
-from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.config import load_config
+from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.overlap import build_groups
 from pipeline.synthetic.scenes import write_synthetic_group
 from tests.conftest import write_raster

@@ -5,13 +5,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytest
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from flows.prepare import process_group
-from pipeline.prepare.catalog import build_catalog
 from pipeline.config import PrepareConfig
+from pipeline.prepare.catalog import build_catalog
 from pipeline.prepare.overlap import build_groups
 
 

@@ -7,8 +7,8 @@ import rasterio
 from rasterio.transform import from_origin
 
 from flows.prepare import process_group
-from pipeline.prepare.catalog import build_catalog
 from pipeline.config import PrepareConfig
+from pipeline.prepare.catalog import build_catalog
 from pipeline.prepare.overlap import build_groups
 
 SIZE = 320

@@ -157,8 +157,8 @@ def test_wrong_band_count_or_size_is_a_clear_error() -> None:
 
 
 def test_one_epoch_through_the_training_loop(tmp_path: Path) -> None:
-    from pipeline.learn.checkpoint import load_checkpoint
     from pipeline.config import TrainConfig
+    from pipeline.learn.checkpoint import load_checkpoint
     from pipeline.learn.train import train
     from tests.conftest import write_folder_dataset
 

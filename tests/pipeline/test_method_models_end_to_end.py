@@ -14,12 +14,12 @@ import pytest
 import rasterio
 import torch
 
-from pipeline.learn.checkpoint import load_checkpoint
 from pipeline.config import TrainConfig
-from pipeline.detect.sliding import detect_group
 from pipeline.detect.evaluate import semantic_metrics
-from pipeline.learn.train import train
+from pipeline.detect.sliding import detect_group
 from pipeline.detect.vectorize import vectorize
+from pipeline.learn.checkpoint import load_checkpoint
+from pipeline.learn.train import train
 from tests.conftest import write_raster
 
 SIZE = 64

@@ -17,7 +17,6 @@ from torch import nn
 import models
 from models import registry
 from models.fc import FCSiamDiff
-from pipeline.learn.checkpoint import file_sha256, save_checkpoint
 from pipeline.detect.sliding import (
     CLASS_FILE,
     PARTIAL_DIR,
@@ -27,6 +26,7 @@ from pipeline.detect.sliding import (
     window_starts,
 )
 from pipeline.errors import GroupError, InputError
+from pipeline.learn.checkpoint import file_sha256, save_checkpoint
 from pipeline.learn.normalization import BandStats
 from tests.conftest import write_raster
 

@@ -14,12 +14,12 @@ from affine import Affine
 from shapely.geometry import box
 
 from pipeline.detect.evaluate import (
-    semantic_metrics,
     COLOURS,
     evaluate_prediction,
     label_polygons,
     object_metrics,
     pixel_metrics,
+    semantic_metrics,
     write_report,
 )
 from pipeline.detect.vectorize import vectorize

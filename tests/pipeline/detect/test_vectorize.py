@@ -14,8 +14,8 @@ from affine import Affine
 from pyproj import Geod
 from scipy import ndimage
 
-from pipeline.errors import InputError
 from pipeline.detect.vectorize import polygonize, vectorize
+from pipeline.errors import InputError
 from tests.conftest import write_raster
 
 CRS = "EPSG:32650"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.learn.checkpoint import load_checkpoint
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, InputError
+from pipeline.learn.checkpoint import load_checkpoint
 from pipeline.learn.train import train
 from tests.conftest import write_folder_dataset, write_raster
 

@@ -12,8 +12,8 @@ import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.learn.dataset import load_index
 from pipeline.errors import InputError
+from pipeline.learn.dataset import load_index
 from pipeline.learn.xbd import XBD_CLASSES, XBD_T2_CODES, convert_xbd, fit_geotransform
 
 # pixel → lon/lat of the synthetic scenes (≈ 0.5 m pixels near Joplin)

@@ -7,9 +7,9 @@ import pytest
 from affine import Affine
 from rasterio.crs import CRS
 
-from pipeline.prepare.catalog import build_catalog, catalog_scene, scan_inbox
 from pipeline.config import PrepareConfig, Role, SceneEntry
 from pipeline.errors import InputError
+from pipeline.prepare.catalog import build_catalog, catalog_scene, scan_inbox
 from tests.conftest import write_raster
 
 

@@ -21,8 +21,8 @@ from rasterio.io import DatasetReader, MemoryFile
 from scipy import ndimage
 
 from pipeline.config import CoregistrationConfig
-from pipeline.prepare.coregistration import CoregistrationResult, coregister, phase_shift, structure_descriptor
 from pipeline.errors import InputError
+from pipeline.prepare.coregistration import CoregistrationResult, coregister, phase_shift, structure_descriptor
 from pipeline.synthetic.scenes import simulate_sar_amplitude
 
 SHIFTS = [(0.37, -0.61), (3.4, -5.7)]  # (dx, dy): sub-pixel and multi-pixel

@@ -10,8 +10,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
 
-from pipeline.prepare.catalog import build_catalog
 from pipeline.config import PrepareConfig, Role, SceneEntry
+from pipeline.prepare.catalog import build_catalog
 from pipeline.prepare.overlap import build_groups, overlap_ratio
 from tests.conftest import write_raster
 

@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from pipeline.prepare.catalog import build_catalog, catalog_scene, scan_inbox
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor
 from pipeline.errors import InputError
-from tests.fixtures.products import write_hostile_zip
+from pipeline.prepare.catalog import build_catalog, catalog_scene, scan_inbox
 from tests.conftest import write_raster
+from tests.fixtures.products import write_hostile_zip
 
 
 def _pack(folder, kind):

@@ -15,8 +15,8 @@ from rasterio.warp import transform as transform_points
 from pipeline.config import ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products import read_product, recognise
-from tests.fixtures.products import TERRAIN_HEIGHT, write_gf2_product
 from pipeline.products.rpc import read_rpc, rpc_forward
+from tests.fixtures.products import TERRAIN_HEIGHT, write_gf2_product
 
 SCALE = 50.0  # sensor coordinates encoded as 1 + SCALE * (col, row)
 

@@ -14,10 +14,10 @@ from rasterio.warp import transform as transform_points
 from pipeline.config import ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.products import read_product, recognise
-from tests.fixtures.products import TERRAIN_HEIGHT, write_gf3_product
 from pipeline.products.gf3 import sigma0_db
 from pipeline.products.rpc import read_rpc, rpc_forward
 from pipeline.products.speckle import filter_strips, lee, refined_lee
+from tests.fixtures.products import TERRAIN_HEIGHT, write_gf3_product
 
 
 def test_sigma0_formula_by_hand():

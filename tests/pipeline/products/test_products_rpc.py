@@ -12,11 +12,19 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import transform as transform_points
 
 from pipeline.errors import InputError
-from tests.fixtures.products import TERRAIN_HEIGHT, sensor_model_rpc
 from pipeline.products.rpc import (
-    format_rpb, image_corners, ortho_grid, orthorectify, parse_rpb, read_rpc, rpc_forward, rpc_inverse,
-    rpc_warp_options, utm_crs,
+    format_rpb,
+    image_corners,
+    ortho_grid,
+    orthorectify,
+    parse_rpb,
+    read_rpc,
+    rpc_forward,
+    rpc_inverse,
+    rpc_warp_options,
+    utm_crs,
 )
+from tests.fixtures.products import TERRAIN_HEIGHT, sensor_model_rpc
 
 
 def test_real_worldview_rpb_parses_like_gdal(shared_data, tmp_path):
