@@ -17,8 +17,8 @@ import yaml
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.gpu import gpu_slot, uses_gpu
 from flows.progress import progress_bar
-from flows.train import gpu_slot, uses_gpu
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect.evaluate import evaluate_prediction, semantic_metrics, write_report
 from pipeline.detect.sliding import detect_group

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flows.train import GPU_LIMIT, train_flow
+from flows.gpu import GPU_LIMIT
+from flows.train import train_flow
 from tests.conftest import write_folder_dataset
 
 pytestmark = pytest.mark.integration
