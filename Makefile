@@ -21,6 +21,7 @@ demo: install
 	$(BIN)/changeflow run --config configs/demo.yaml --out $(DEMO)/run
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
 benchmark: install
