@@ -69,10 +69,12 @@ class SceneEntry(StrictModel):
 
     @property
     def scene_id(self) -> str:
+        """The scene id: ``id`` if given, else the file stem."""
         return self.id or self.path.stem
 
     @property
     def is_sar(self) -> bool:
+        """Whether the image is co-registered as SAR: ``sar`` if given, else whether the sensor is GF-3."""
         if self.sar is not None:
             return self.sar
         return self.sensor in SAR_SENSORS
@@ -144,6 +146,7 @@ class SplitConfig(StrictModel):
 
     @property
     def ratios(self) -> dict[str, float]:
+        """The split fractions by split name (``train``, ``val``, ``test``), summing to 1."""
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
@@ -292,7 +295,20 @@ def _read_yaml(path: Path, what: str) -> object:
 
 
 def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictModel:
-    """Read and validate a YAML config; relative paths are resolved against the file's folder."""
+    """Read and validate a YAML config; relative paths are resolved against the file's folder.
+
+    Args:
+        path: the YAML config file.
+        model: the config class to validate against (PrepareConfig, TrainConfig, DetectConfig, RunConfig,
+            IngestConfig).
+
+    Returns:
+        The validated config, an instance of ``model``, with its paths made absolute.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, is not a mapping at the top level, or has
+            unknown keys or bad values (the message names the file and each key).
+    """
     path = Path(path)
     raw = _read_yaml(path, "config file")
     if not isinstance(raw, dict):
@@ -305,7 +321,20 @@ def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictM
 
 
 def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
-    """Make scene and inbox paths absolute relative to ``base`` (the config file's folder)."""
+    """Make a config's relative paths absolute relative to ``base`` (the config file's folder).
+
+    Resolved: scene paths, ``inbox``, ``scene_list``, ``products.cache`` and ``products.dem`` of a
+    PrepareConfig (also inside a RunConfig); ``data`` and ``text.prompts`` / ``text.embeddings`` of a
+    TrainConfig; ``inbox``, ``workspace`` and ``checkpoint`` of an IngestConfig; ``prepared`` and
+    ``checkpoint`` of a DetectConfig. Other configs are returned unchanged.
+
+    Args:
+        config: a validated config.
+        base: the folder relative paths are relative to.
+
+    Returns:
+        A copy of ``config`` with absolute paths.
+    """
     if isinstance(config, TrainConfig):
         text = config.text
         if text is not None:
@@ -347,7 +376,18 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
 
 
 def load_scene_list(path: Path) -> list[SceneEntry]:
-    """Scenes of a YAML scene list; relative paths are resolved against the list's folder."""
+    """Scenes of a YAML scene list; relative paths are resolved against the list's folder.
+
+    Args:
+        path: the YAML scene list: a list of scenes, or a mapping with a ``scenes:`` key.
+
+    Returns:
+        One validated SceneEntry per item, in file order, with absolute paths.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, holds no list of scenes, or a scene has
+            unknown keys or bad values (the message names the file and ``scenes.<index>.<key>``).
+    """
     raw = _read_yaml(path, "scene list")
     items = raw.get("scenes") if isinstance(raw, dict) else raw
     if not isinstance(items, list):
@@ -454,9 +494,32 @@ class RunConfig(StrictModel):
     detect: dict[str, Any] = Field(default_factory=dict)
 
     def train_config(self, prepared: Path) -> TrainConfig:
+        """The training config of the run: the ``train`` keys with ``data`` set to the prepared folder.
+
+        Args:
+            prepared: the prepare output folder of the run.
+
+        Returns:
+            The validated TrainConfig.
+
+        Raises:
+            ConfigError: a ``train`` key is unknown or has a bad value (the message names section and key).
+        """
         return _section(TrainConfig, "train", {**self.train, "data": prepared})
 
     def detect_config(self, prepared: Path, checkpoint: Path) -> DetectConfig:
+        """The detection config of the run: the ``detect`` keys with the prepared folder and checkpoint set.
+
+        Args:
+            prepared: the prepare output folder of the run.
+            checkpoint: the model checkpoint trained by the run.
+
+        Returns:
+            The validated DetectConfig.
+
+        Raises:
+            ConfigError: a ``detect`` key is unknown or has a bad value (the message names section and key).
+        """
         return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, "checkpoint": checkpoint})
 
 
@@ -482,6 +545,17 @@ class IngestConfig(StrictModel):
     detect: dict[str, Any] = Field(default_factory=dict)
 
     def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
+        """The prepare config for newly claimed scenes; read products are cached in ``WORKSPACE/cache``.
+
+        Args:
+            scenes: the scenes claimed from the inbox.
+
+        Returns:
+            The validated PrepareConfig (``products.cache`` defaults to ``WORKSPACE/cache``).
+
+        Raises:
+            ConfigError: a ``prepare`` key is unknown or has a bad value (the message names section and key).
+        """
         values = {**self.prepare, "scenes": scenes}
         products = values.get("products") or {}
         if isinstance(products, dict):  # read products are cached in the workspace by default
@@ -489,6 +563,14 @@ class IngestConfig(StrictModel):
         return _section(PrepareConfig, "prepare", values)
 
     def detect_config(self) -> DetectConfig:
+        """The detection config: the ``detect`` keys on ``WORKSPACE/prepared`` with the flow's checkpoint.
+
+        Returns:
+            The validated DetectConfig.
+
+        Raises:
+            ConfigError: a ``detect`` key is unknown or has a bad value (the message names section and key).
+        """
         return _section(
             DetectConfig, "detect",
             {**self.detect, "prepared": self.workspace / "prepared", "checkpoint": self.checkpoint},
