@@ -7,23 +7,29 @@ holds tensors, numbers, strings and containers only, so loading one runs no code
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 
 REQUIRED = ("model", "model_name", "model_options", "normalization", "epoch", "config")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    """Write a checkpoint atomically.
+
+    Args:
+        path: the ``.pt`` file to write; its folder is created if missing.
+        payload: the checkpoint (tensors, numbers, strings and containers only).
+
+    Returns:
+        ``path``.
+    """
+    with atomic_path(path) as partial:
+        torch.save(payload, partial)
     return path
 
 

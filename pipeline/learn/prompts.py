@@ -48,9 +48,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -62,6 +60,7 @@ import yaml
 
 from pipeline.config import TextConfig
 from pipeline.errors import ConfigError
+from pipeline.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -455,30 +454,24 @@ def save_embedding_file(path: str | Path, embeddings: Mapping[str, Any], encoder
     if len(dims) > 1:
         raise PromptError(f"{path}: embeddings of different widths {sorted(dims)}")
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        if suffix in (".pt", ".pth"):
-            import torch
-
-            torch.save({"format": EMBEDDING_FORMAT, "encoder": encoder, "dim": dims.pop() if dims else 0,
-                        "embeddings": {p: torch.from_numpy(a) for p, a in table.items()}}, tmp_path)
-        elif suffix == ".npz":
+    if suffix not in (".pt", ".pth", ".npz"):
+        raise PromptError(f"{path}: unknown embedding file type {suffix!r}; use .pt, .pth or .npz")
+    with atomic_path(path) as partial:
+        if suffix == ".npz":
             length = max((a.shape[0] for a in table.values()), default=1)
             dim = dims.pop() if dims else 0
             emb = np.zeros((len(table), length, dim), np.float32)
             mask = np.zeros((len(table), length), bool)
             for i, a in enumerate(table.values()):
                 emb[i, : len(a)], mask[i, : len(a)] = a, True
-            with tmp_path.open("wb") as f:
+            with partial.open("wb") as f:
                 np.savez(f, prompts=np.array(list(table), dtype=str), embeddings=emb, mask=mask,
                          encoder=np.array(encoder))
         else:
-            raise PromptError(f"{path}: unknown embedding file type {suffix!r}; use .pt, .pth or .npz")
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+            import torch
+
+            torch.save({"format": EMBEDDING_FORMAT, "encoder": encoder, "dim": dims.pop() if dims else 0,
+                        "embeddings": {p: torch.from_numpy(a) for p, a in table.items()}}, partial)
     return path
 
 
@@ -576,7 +569,8 @@ class PromptEmbeddings:
             self.encoded += 1
             path = self._cache_path(prompt)
             if path is not None:
-                _atomic_save(path, arr)
+                with atomic_path(path) as partial, partial.open("wb") as handle:
+                    np.save(handle, arr)
 
     def _checked(self, arr: np.ndarray, prompt: str) -> np.ndarray:
         if arr.ndim != 2 or arr.shape[1] != self._dim:
@@ -618,14 +612,6 @@ class PromptEmbeddings:
         state = self.__dict__.copy()
         state["encoder"] = None  # every table prompt is already encoded; keep workers light
         return state
-
-
-def _atomic_save(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy", delete=False) as tmp:
-        np.save(tmp, arr)
-        tmp_path = Path(tmp.name)
-    os.replace(tmp_path, path)
 
 
 def build_text_encoder(

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +53,7 @@ from shapely import wkt
 from shapely.errors import ShapelyError
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path, write_atomic
 from pipeline.io.raster import NODATA_U8
 
 XBD_CLASSES: tuple[str, ...] = ("background", "building (no damage)", "minor-damage", "major-damage", "destroyed")
@@ -157,8 +157,6 @@ def rasterize_pair(
 
 
 def _write(path: Path, data: np.ndarray, transform: Affine | None, nodata: int | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     array = data if data.ndim == 3 else data[np.newaxis]
     profile: dict[str, Any] = {
         "driver": "GTiff", "width": array.shape[2], "height": array.shape[1], "count": array.shape[0],
@@ -168,11 +166,10 @@ def _write(path: Path, data: np.ndarray, transform: Affine | None, nodata: int |
         profile.update(tiled=True, blockxsize=min(256, array.shape[2]), blockysize=min(256, array.shape[1]))
     if transform is not None:
         profile.update(crs="EPSG:4326", transform=transform)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(path) as partial:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(partial, "w", **profile) as dst:
             dst.write(array)
-    os.replace(partial, path)
 
 
 def _row_splits(rows: int, val_fraction: float) -> list[str]:
@@ -246,10 +243,7 @@ def convert_xbd(
             summary["tiles"][split] += count
     if not summary["pairs"]:
         raise InputError(root, f"no xBD pair could be converted: {summary['failed']}")
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "xbd_summary.json.partial"
-    partial.write_text(json.dumps(summary, indent=2))
-    os.replace(partial, out / "xbd_summary.json")
+    write_atomic(out / "xbd_summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -344,7 +338,5 @@ def write_xbd_scenes(root: str | Path, out: str | Path, *, pairs: Sequence[str] 
             _write(path, data, transform, nodata)
             entries.append({"path": str(path.relative_to(out)), "role": role, "group": name, "id": f"{name}_{role}"})
     scene_list = out / "xbd_scenes.yaml"
-    partial = scene_list.with_name(scene_list.name + ".partial")
-    partial.write_text(yaml.safe_dump({"scenes": entries}, sort_keys=False))
-    os.replace(partial, scene_list)
+    write_atomic(scene_list, yaml.safe_dump({"scenes": entries}, sort_keys=False))
     return scene_list
