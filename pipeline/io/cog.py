@@ -9,7 +9,6 @@ The result is written under a temporary name and renamed, so a killed run never 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
+
+from pipeline.io.atomic import atomic_path
 
 COG_BLOCK = 512
 
@@ -41,18 +42,27 @@ def write_cog_from_blocks(
     categorical: bool,
     tags: dict[str, str] | None = None,
 ) -> Path:
-    """Write (window, (bands, h, w) array) blocks of a raster described by ``profile`` (width,
-    height, count, dtype, crs, transform, nodata) as a COG at ``destination``, atomically."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    """Write a raster, block by block, as a Cloud-Optimized GeoTIFF, atomically.
+
+    Args:
+        destination: the COG to write; its folder is created if missing.
+        profile: the raster's width, height, count, dtype, crs, transform and nodata.
+        blocks: (window, (bands, h, w) array) pairs covering the raster.
+        staging: the tiled GTiff the blocks are streamed into first; removed once copied.
+        categorical: class data: no predictor and nearest-neighbour overviews.
+        tags: GeoTIFF metadata tags to write.
+
+    Returns:
+        ``destination``.
+    """
     staging.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(destination.name + ".partial")
     gtiff = {
         **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
         "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
     }
     floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
     predictor = "no" if categorical else ("floating_point" if floating else "standard")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(destination) as partial:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(staging, "w", **gtiff) as dst:
             for window, array in blocks:
@@ -65,6 +75,5 @@ def write_cog_from_blocks(
             overview_count=overview_count(profile["height"], profile["width"]),
             num_threads="ALL_CPUS", bigtiff="if_safer",
         )
-    staging.unlink()
-    os.replace(partial, destination)
+        staging.unlink()
     return destination
