@@ -57,7 +57,14 @@ def _mat_to_memfile(path: Path, key: str | None) -> MemoryFile:
 
 
 def split_mat_key(path: Path) -> tuple[Path, str | None]:
-    """``file.mat:image_t1`` → (file.mat, 'image_t1'); other paths pass through."""
+    """Split a MATLAB array reference: ``file.mat:image_t1`` → (file.mat, 'image_t1').
+
+    Args:
+        path: a raster path, or ``file.mat:key`` naming one array of a MATLAB file.
+
+    Returns:
+        The file path and the array key; the key is None when ``path`` names no ``.mat`` array.
+    """
     text = str(path)
     if ".mat:" in text:
         file, key = text.rsplit(":", 1)
@@ -71,6 +78,12 @@ def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
 
     rasterio hands an integer GDAL_CACHEMAX to GDAL as bytes (a bare 256 gave a 256-byte cache, so
     every window read decoded its blocks again: 4x slower reads in detection).
+
+    Args:
+        megabytes: the cache size (MB) set for the block, when GDAL_CACHEMAX is not in the environment.
+
+    Yields:
+        Nothing; GDAL's cache is capped inside the ``with`` block.
     """
     options = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": megabytes * 1024 * 1024}
     with rasterio.Env(**options):
@@ -79,7 +92,21 @@ def bounded_gdal_cache(megabytes: int = GDAL_CACHE_MB) -> Iterator[None]:
 
 @contextmanager
 def open_raster(path: Path | str) -> Iterator[DatasetReader]:
-    """Open any raster GDAL reads (or a MATLAB array as ``file.mat:key``), with a clear error."""
+    """Open any raster GDAL reads (or a MATLAB array as ``file.mat:key``), with a clear error.
+
+    A MATLAB array is served as an in-memory GeoTIFF without CRS: (H, W) or (H, W, bands), float64 read as
+    float32 and bool as uint8.
+
+    Args:
+        path: a raster file, or ``file.mat[:key]`` (the key may be left out when the file holds one array).
+
+    Yields:
+        The open dataset, closed when the ``with`` block ends.
+
+    Raises:
+        InputError: the file is missing or is not a readable raster; a MATLAB file cannot be read, holds
+            several arrays and no key is given, or has no array ``key`` (the message names the file).
+    """
     file, key = split_mat_key(Path(path))
     if file.suffix.lower() == ".mat":
         if not file.exists():
@@ -98,13 +125,31 @@ def open_raster(path: Path | str) -> Iterator[DatasetReader]:
 
 
 def is_integer(dtype: str | np.dtype) -> bool:
+    """Whether ``dtype`` is an integer type (GOLD's black rule applies to integer imagery only).
+
+    Args:
+        dtype: a numpy dtype or its name, e.g. ``"uint16"``.
+
+    Returns:
+        True for signed or unsigned integer types.
+    """
     return np.issubdtype(np.dtype(dtype), np.integer)
 
 
 def valid_mask(
     data: np.ndarray, gdal_mask: np.ndarray, *, black_value: float | None
 ) -> np.ndarray:
-    """Valid pixels of a (bands, H, W) block: GDAL's mask, finite, and not black (integer data)."""
+    """Valid pixels of a (bands, H, W) block: GDAL's mask, finite, and not black (integer data).
+
+    Args:
+        data: the pixels, shape (bands, H, W).
+        gdal_mask: GDAL's dataset mask of the block, shape (H, W); 0 is invalid (nodata, alpha, mask band).
+        black_value: integer data: a pixel whose bands are all <= this is invalid (GOLD's black rule);
+            None applies no black rule. Ignored for floating-point data, where NaN/inf are invalid.
+
+    Returns:
+        A boolean (H, W) mask, True where the pixel is valid.
+    """
     valid = gdal_mask > 0
     if np.issubdtype(data.dtype, np.floating):
         valid &= np.isfinite(data).all(axis=0)
@@ -125,6 +170,19 @@ def read_window(
     ``black_value`` applies GOLD's black rule to integer imagery (a pixel whose bands are all
     <= the value is invalid); pass None for labels and float data such as SAR in dB.
     Read errors (truncated or corrupt files) become an InputError naming the file.
+
+    Args:
+        dataset: an open raster (see :func:`open_raster`).
+        window: the pixel window to read; None reads the whole raster.
+        black_value: GOLD's black threshold for integer imagery, or None.
+        out_shape: (H, W) to resample the window to (nearest neighbour); None reads at full resolution.
+
+    Returns:
+        ``data`` of shape (bands, H, W) in the file's dtype and ``valid``, a boolean (H, W) mask
+        (see :func:`valid_mask`).
+
+    Raises:
+        InputError: the read failed (truncated or corrupt file); the message names the file.
     """
     shape = None if out_shape is None else (dataset.count, *out_shape)
     try:

@@ -15,6 +15,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    """Augmentation of training samples: geometry for every array, brightness/contrast for optical images."""
+
     flips: bool = True
     rotate90: bool = True
     crop: int | None = None  # random crop side; None keeps the tile size
@@ -23,7 +25,16 @@ class AugmentSettings:
 
 
 def paired_geometry(arrays: dict[str, np.ndarray], settings: AugmentSettings, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The same flips, 90° rotation and crop for every (…, H, W) array of a sample."""
+    """The same flips, 90° rotation and crop for every (…, H, W) array of a sample.
+
+    Args:
+        arrays: the sample's arrays by name (images, valid masks, labels), all with the same (H, W).
+        settings: which transforms are drawn; the crop applies only when smaller than both H and W.
+        rng: the generator the crop offset, flips (p = 0.5 each) and number of quarter turns are drawn from.
+
+    Returns:
+        The transformed arrays, contiguous, by the same names.
+    """
     height, width = next(iter(arrays.values())).shape[-2:]
     top = left = 0
     size_h, size_w = height, width
@@ -48,7 +59,19 @@ def paired_geometry(arrays: dict[str, np.ndarray], settings: AugmentSettings, rn
 
 
 def optical_jitter(image: np.ndarray, valid: np.ndarray, settings: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
-    """Brightness and contrast jitter of a normalised optical image, kept in [0, 1]."""
+    """Brightness and contrast jitter of a normalised optical image, kept in [0, 1].
+
+    The contrast is scaled about each band's mean over the valid pixels; invalid pixels stay 0.
+
+    Args:
+        image: the normalised optical image, float (bands, H, W) in [0, 1].
+        valid: boolean (H, W) mask of valid pixels.
+        settings: the jitter ranges (``brightness`` additive, ``contrast`` multiplicative, ± each).
+        rng: the generator the two factors are drawn from.
+
+    Returns:
+        The jittered image, float32 (bands, H, W) in [0, 1].
+    """
     contrast = 1.0 + rng.uniform(-settings.contrast, settings.contrast)
     brightness = rng.uniform(-settings.brightness, settings.brightness)
     mean = image[:, valid].mean(axis=1, keepdims=True)[..., None] if valid.any() else 0.0

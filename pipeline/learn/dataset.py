@@ -34,6 +34,18 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
 
     LEVIR-CD / open-cd layout: ``root/{train,val,test}/{A,B,label}/{name}.png``; its labels are
     0/255 masks (``folder_labels="binary255"``) or 0/1/255 = ignore (``"change01"``).
+
+    Args:
+        root: a prepare output folder (``catalog.gpkg`` and ``tiles/``) or a LEVIR-style folder.
+        folder_labels: the label encoding of a LEVIR-style folder, ``"binary255"`` or ``"change01"``
+            (prepare output is always ``"change01"``).
+
+    Returns:
+        One row per tile: ``tile_id``, ``split``, ``label_format``, one path column per role found
+        (``A``, ``B``, ``C``, ``label``...) and, from a catalog, ``group``.
+
+    Raises:
+        InputError: ``root`` has neither ``catalog.gpkg`` nor ``{train,val,test}/A/`` tiles.
     """
     catalog = root / "catalog.gpkg"
     if catalog.exists():
@@ -79,6 +91,19 @@ def check_index(
 
     Binary change needs a ``label`` per tile; semantic change needs both class tiles (the change label
     is then optional).
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        roles: the image roles the model reads, e.g. ``("A", "B")``.
+        bands: band counts already fixed per role (e.g. by a checkpoint); tiles must match them.
+        semantic: whether the targets are the per-date class tiles ``semantic_t1`` / ``semantic_t2``.
+
+    Returns:
+        The band count per role (1 for label roles).
+
+    Raises:
+        InputError: a role has no column in the index, a listed tile is missing or unreadable, or a tile's
+            band count differs from the other tiles of its role (or the checkpoint); names the file.
     """
     found: dict[str, int] = dict(bands or {})
     targets = (*SEMANTIC_ROLES, *(("label",) if "label" in index.columns else ())) if semantic else ("label",)
@@ -102,7 +127,22 @@ def check_index(
 def fit_normalization(
     index: pd.DataFrame, modalities: dict[str, Modality], *, max_tiles: int = 64, pixels: int = 8192, seed: int = 0
 ) -> dict[str, BandStats]:
-    """Per-role statistics from valid pixels of (up to ``max_tiles``) training tiles."""
+    """Per-role statistics from valid pixels of (up to ``max_tiles``) training tiles.
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        modalities: ``"optical"`` or ``"sar"`` per image role to normalise.
+        max_tiles: the most training tiles read, drawn at random.
+        pixels: the most valid pixels sampled per tile and role.
+        seed: seed of the tile and pixel draws.
+
+    Returns:
+        The BandStats per role (see :func:`pipeline.learn.normalization.fit_stats`).
+
+    Raises:
+        InputError: the index has no training tiles, a tile is unreadable, or a role has no valid pixel
+            in the chosen tiles.
+    """
     train = index[index.split == "train"]
     if train.empty:
         raise InputError(Path("tile index"), "has no training tiles")
@@ -133,8 +173,16 @@ def _classes(path: Path, valid: np.ndarray) -> np.ndarray:
 class TileDataset(Dataset):
     """Samples {role: float32 (C, H, W), "label": int64 (H, W)} of one split.
 
-    ``semantic``: also "semantic_t1" / "semantic_t2" int64 (H, W) class targets (255 = ignore).
-    ``prompts``: a :class:`pipeline.learn.prompts.PromptEmbeddings`; adds "text" and "text_mask".
+    A pixel invalid in any image gets label 255 (ignored).
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        stats: normalisation statistics per image role; its keys are the roles read.
+        augment: augmentation settings, or None for none (validation, test).
+        seed: seed of the augmentation draws.
+        semantic: also "semantic_t1" / "semantic_t2" int64 (H, W) class targets (255 = ignore).
+        prompts: a :class:`pipeline.learn.prompts.PromptEmbeddings`; adds "text" and "text_mask".
     """
 
     def __init__(
@@ -157,7 +205,11 @@ class TileDataset(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation draws depend on (seed, epoch, sample), so resumed runs see the same data."""
+        """Set the epoch: augmentation draws depend on (seed, epoch, sample), so resumed runs see the same data.
+
+        Args:
+            epoch: the training epoch about to start (0-based).
+        """
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -25,6 +25,14 @@ def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) ->
 
     ``sync=False`` (default) computes on this process's data only: under DDP, evaluation runs on
     rank 0 alone, and a cross-process sync would wait forever for the other ranks.
+
+    Args:
+        device: the device the metric states live on (that of the predictions fed in).
+        sync: whether ``compute()`` gathers the states of every DDP process.
+
+    Returns:
+        A MetricCollection of binary ``precision``, ``recall``, ``f1``, ``iou``, ``oa`` and ``kappa``,
+        ignoring label 255.
     """
     options = {"ignore_index": NODATA_U8, "sync_on_compute": sync}
     return MetricCollection(
@@ -40,4 +48,12 @@ def change_metrics(device: torch.device | str = "cpu", *, sync: bool = False) ->
 
 
 def as_floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Metric values as plain floats (for JSON and logs).
+
+    Args:
+        values: scalar tensors by metric name, e.g. the result of ``change_metrics().compute()``.
+
+    Returns:
+        The same names with float values.
+    """
     return {name: float(value) for name, value in values.items()}

@@ -27,10 +27,26 @@ class BandStats:
     decibels: bool  # SAR given as amplitude: converted with 20·log10 before clipping
 
     def to_dict(self) -> dict:
+        """The statistics as a plain dict (stored in the checkpoint).
+
+        Returns:
+            ``modality``, ``low``, ``high`` and ``decibels``.
+        """
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> BandStats:
+        """Statistics from the dict written by :meth:`to_dict`.
+
+        Args:
+            data: a dict with ``modality``, ``low``, ``high`` and ``decibels``.
+
+        Returns:
+            The BandStats.
+
+        Raises:
+            KeyError: a key is missing (e.g. a checkpoint written without statistics).
+        """
         return cls(data["modality"], tuple(data["low"]), tuple(data["high"]), bool(data["decibels"]))
 
 
@@ -39,12 +55,30 @@ def _to_db(amplitude: np.ndarray) -> np.ndarray:
 
 
 def sar_is_amplitude(samples: np.ndarray) -> bool:
-    """SAR amplitude is non-negative; σ⁰ in dB has negative values."""
+    """Whether SAR samples are amplitude: amplitude is non-negative, σ⁰ in dB has negative values.
+
+    Args:
+        samples: SAR pixel values (any shape); NaN is ignored.
+
+    Returns:
+        True when no sample is negative.
+    """
     return bool(np.nanmin(samples) >= 0)
 
 
 def fit_stats(samples: np.ndarray, modality: Modality) -> BandStats:
-    """Statistics from (bands, N) valid training pixels of one role."""
+    """Statistics from (bands, N) valid training pixels of one role.
+
+    Per band, the 2nd–98th percentiles (optical) or 1st–99th percentiles in dB (SAR; amplitude is
+    converted with 20·log10 first) become ``low`` and ``high``; a flat band gets ``high = low + 1``.
+
+    Args:
+        samples: valid pixel values, shape (bands, N) with N > 0.
+        modality: ``"optical"`` or ``"sar"``.
+
+    Returns:
+        The BandStats mapping this role to [0, 1].
+    """
     values = samples.astype(np.float64)
     decibels = modality == "sar" and sar_is_amplitude(values)
     if decibels:
@@ -57,7 +91,19 @@ def fit_stats(samples: np.ndarray, modality: Modality) -> BandStats:
 
 
 def normalize(data: np.ndarray, valid: np.ndarray, stats: BandStats) -> np.ndarray:
-    """(bands, H, W) raw values → float32 in [0, 1]; invalid pixels become 0."""
+    """(bands, H, W) raw values → float32 in [0, 1]; invalid pixels become 0.
+
+    Args:
+        data: the raw image, shape (bands, H, W), in the dtype and units it was read in.
+        valid: boolean (H, W) mask of valid pixels.
+        stats: the statistics of the image's role, fitted on the training split.
+
+    Returns:
+        The normalised image, float32 (bands, H, W); NaN becomes 0.
+
+    Raises:
+        ValueError: the image's band count differs from the statistics'.
+    """
     if data.shape[0] != len(stats.low):
         raise ValueError(f"image has {data.shape[0]} bands, the statistics {len(stats.low)}")
     values = data.astype(np.float32)
