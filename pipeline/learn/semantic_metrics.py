@@ -69,7 +69,14 @@ def _div(a: float, b: float) -> float:
 
 
 def cohen_kappa(cm: np.ndarray) -> float:
-    """Cohen's κ of a confusion matrix; 1 for perfect agreement, NaN for an empty matrix."""
+    """Cohen's κ of a confusion matrix; 1 for perfect agreement, NaN for an empty matrix.
+
+    Args:
+        cm: a square confusion matrix of counts (rows = reference, columns = prediction).
+
+    Returns:
+        κ = (p_o − p_e) / (1 − p_e); 1.0 when p_o = 1 (also when p_e = 1), NaN when ``cm`` sums to 0.
+    """
     total = cm.sum()
     if total == 0:
         return math.nan
@@ -81,7 +88,14 @@ def cohen_kappa(cm: np.ndarray) -> float:
 
 
 def class_iou(cm: np.ndarray) -> np.ndarray:
-    """Per-class IoU = diag / (row + column − diag); NaN for classes in neither reference nor prediction."""
+    """Per-class IoU = diag / (row + column − diag); NaN for classes in neither reference nor prediction.
+
+    Args:
+        cm: a square confusion matrix of counts (rows = reference, columns = prediction).
+
+    Returns:
+        float64 IoU per class (one per row).
+    """
     diag = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - diag
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -98,6 +112,13 @@ class SemanticChangeMetrics:
 
     ``update(pred_t1, pred_t2, gt_t1, gt_t2, pred_change=None, gt_change=None)`` adds a batch (any shape),
     ``compute() -> dict[str, float]``, ``merge(other)`` adds another accumulator, ``reset()`` clears.
+
+    Args:
+        num_classes: K, the number of land-cover classes (≥ 2); classes are 0..K−1.
+        ignore_index: the reference value of unlabelled pixels; must not be a class index.
+
+    Raises:
+        ValueError: ``num_classes`` < 2, or ``ignore_index`` is in 0..K−1.
     """
 
     def __init__(self, num_classes: int, ignore_index: int = NODATA_U8) -> None:
@@ -110,6 +131,7 @@ class SemanticChangeMetrics:
         self.reset()
 
     def reset(self) -> None:
+        """Clear every accumulated count (and whether a change map was seen)."""
         k = self.num_classes
         self.semantic = np.zeros((k, k), np.int64)  # both dates pooled
         self.change = np.zeros((2, 2), np.int64)  # binary change (reference label vs change map)
@@ -122,7 +144,17 @@ class SemanticChangeMetrics:
     _STATES = ("semantic", "change", "dates", "fromto", "nochange", "consistency")
 
     def merge(self, other: SemanticChangeMetrics) -> SemanticChangeMetrics:
-        """Add the counts of ``other`` (same classes) to this accumulator; returns self."""
+        """Add the counts of ``other`` (same classes) to this accumulator; returns self.
+
+        Args:
+            other: another accumulator, e.g. of a parallel worker or DDP rank.
+
+        Returns:
+            This accumulator, updated.
+
+        Raises:
+            ValueError: ``other`` has a different number of classes.
+        """
         if other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge metrics over {other.num_classes} classes into {self.num_classes}")
         for name in self._STATES:
@@ -147,7 +179,19 @@ class SemanticChangeMetrics:
         pred_change: Any | None = None,
         gt_change: Any | None = None,
     ) -> None:
-        """Add one batch of class maps (numpy or torch, one shape); see the module docstring."""
+        """Add one batch of class maps (numpy or torch, one shape); see the module docstring.
+
+        Args:
+            pred_t1: predicted classes at t1, 0..K−1.
+            pred_t2: predicted classes at t2, 0..K−1.
+            gt_t1: reference classes at t1, 0..K−1 or ``ignore_index``.
+            gt_t2: reference classes at t2, 0..K−1 or ``ignore_index``.
+            pred_change: predicted binary change (0/1) of a change head; None uses [pred_t1 ≠ pred_t2].
+            gt_change: reference binary change (0/1 or ``ignore_index``); None uses [gt_t1 ≠ gt_t2].
+
+        Raises:
+            ValueError: the maps differ in size, or a value is out of range (the message names the map).
+        """
         k, ign = self.num_classes, self.ignore_index
         p1, p2, g1, g2 = (_array(a) for a in (pred_t1, pred_t2, gt_t1, gt_t2))
         arrays = {"pred_t1": p1, "pred_t2": p2, "gt_t1": g1, "gt_t2": g2}
@@ -192,7 +236,13 @@ class SemanticChangeMetrics:
 
     # ----------------------------------------------------------------------------------------------- results
     def compute(self) -> dict[str, float]:
-        """All metrics as floats (NaN where undefined); see the module docstring."""
+        """All metrics as floats (NaN where undefined); see the module docstring.
+
+        Returns:
+            The metrics by name: ``semantic_*``, ``change_*``, ``sek``, ``score``, ``fscd*`` (SECOND
+            standard), ``oa_scd``, ``kappa_scd``, ``sek_fromto``, ``sek_clearscd``, ``score_clearscd``,
+            ``miou_sc``, ``miou_nc`` and ``miou_bc`` (ClearSCD).
+        """
         out: dict[str, float] = {}
         k = self.num_classes
 
@@ -276,7 +326,24 @@ def semantic_change_scores(
     gt_change: Any | None = None,
     ignore_index: int = NODATA_U8,
 ) -> dict[str, float]:
-    """One-shot :class:`SemanticChangeMetrics` over the given maps."""
+    """One-shot :class:`SemanticChangeMetrics` over the given maps.
+
+    Args:
+        pred_t1: predicted classes at t1, 0..K−1 (numpy or torch, any shape).
+        pred_t2: predicted classes at t2, same shape.
+        gt_t1: reference classes at t1, 0..K−1 or ``ignore_index``.
+        gt_t2: reference classes at t2, 0..K−1 or ``ignore_index``.
+        num_classes: K, the number of land-cover classes (≥ 2).
+        pred_change: predicted binary change (0/1); None uses [pred_t1 ≠ pred_t2].
+        gt_change: reference binary change (0/1 or ``ignore_index``); None uses [gt_t1 ≠ gt_t2].
+        ignore_index: the reference value of unlabelled pixels.
+
+    Returns:
+        The metrics of :meth:`SemanticChangeMetrics.compute`.
+
+    Raises:
+        ValueError: bad ``num_classes`` / ``ignore_index``, maps of different sizes, or values out of range.
+    """
     metrics = SemanticChangeMetrics(num_classes, ignore_index)
     metrics.update(pred_t1, pred_t2, gt_t1, gt_t2, pred_change, gt_change)
     return metrics.compute()
