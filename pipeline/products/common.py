@@ -8,12 +8,10 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from rasterio.windows import Window
 
 from pipeline.config import Sensor
@@ -163,19 +161,6 @@ def geotiff_profile(*, width: int, height: int, count: int, dtype: str, crs, tra
     )
 
 
-@contextmanager
-def atomic_output(destination: Path) -> Iterator[Path]:
-    """A temporary path beside ``destination``, renamed onto it when the block succeeds."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    partial = destination.with_name(f".{destination.stem}.{os.getpid()}.partial.tif")
-    try:
-        yield partial
-        os.replace(partial, destination)
-    finally:
-        for leftover in (partial, partial.with_name(partial.name + ".aux.xml")):
-            leftover.unlink(missing_ok=True)
-
-
 def row_blocks(width: int, height: int, rows: int) -> Iterator[Window]:
     for row in range(0, height, rows):
         yield Window(0, row, width, min(rows, height - row))
@@ -199,13 +184,3 @@ def to_db_in_place(dataset, rows: int = 512) -> None:
             db = np.where(data > 0, 10.0 * np.log10(data), np.nan).astype(np.float32)
         dataset.write(db, window=window)
 
-
-def read_is_georeferenced(path: Path) -> bool:
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return src.crs is not None and not src.transform.is_identity

@@ -32,10 +32,10 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 from pipeline.products import rpc as rpcs
 from pipeline.products.common import (
     ReadProduct,
-    atomic_output,
     block_rows,
     describe,
     find_files,
@@ -176,7 +176,7 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
         "XML_CORNERS": ";".join(f"{k}:{lon:.6f},{lat:.6f}" for k, (lon, lat) in meta["corners"].items()) or None,
         "XML_CORNERS_VS_RPC_M": None if corner_check is None else f"{corner_check:.1f}",
     }
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         with rasterio.open(partial, "w+", **profile) as dst:
             rpcs.orthorectify(
                 mss, dst, rpc=rpc, bands=[1, 2, 3, 4], dst_bands=[1, 2, 3, 4],

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -39,11 +41,11 @@ from rasterio.windows import Window
 
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 from pipeline.products import rpc as rpcs
 from pipeline.products import speckle
 from pipeline.products.common import (
     ReadProduct,
-    atomic_output,
     describe,
     find_files,
     geotiff_profile,
@@ -163,12 +165,68 @@ def _rpc_file(tiff: Path, folder: Path) -> Path | None:
     return others[0] if others else None
 
 
+@dataclass(frozen=True)
+class _Images:
+    """The polarisation images to read and how their samples are stored."""
+
+    polarisations: tuple[str, ...]  # in the order of the output bands
+    paths: tuple[Path, ...]  # the TIFF of each
+    width: int
+    height: int
+    crs: Any
+    transform: Any
+    slc: bool  # I and Q (two bands or one complex band), else detected amplitude
+    complex_dtype: bool
+
+    @property
+    def georeferenced(self) -> bool:
+        return self.crs is not None and not self.transform.is_identity
+
+
 def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: GridConfig, out: Path) -> ReadProduct:
+    """Read a GF-3 product into one calibrated, geocoded sigma0 (dB) GeoTIFF.
+
+    Args:
+        root: the product folder (or its meta.xml).
+        product: the product as delivered, named in errors.
+        name: the product id.
+        settings: the product reader settings (polarisations, speckle filter, ortho grid, DEM).
+        grid: the run's grid, the ortho target when ``settings`` gives none.
+        out: the GeoTIFF to write (atomically).
+
+    Returns:
+        The written product: one float32 band per polarisation, nodata NaN.
+
+    Raises:
+        InputError: when the product is incomplete, malformed or cannot be calibrated or geocoded.
+    """
     meta_path, tiffs = locate(root, product)
     meta = read_metadata(meta_path, product)
+    wanted = _polarisations(meta, tiffs, settings, product, meta_path.name)
+    images = _open_images(wanted, tiffs, meta, product)
+    looks = settings.gf3.looks or meta["looks"]
+    tags = _tags(name, meta, wanted, images.slc, settings, looks)
+    with atomic_path(out) as partial:
+        stage = partial if images.georeferenced else partial.with_name(partial.stem + ".sensor.tif")
+        try:
+            _calibrate_all(images, meta, stage, settings, looks)
+            if images.georeferenced:
+                with rasterio.open(partial, "r+") as dst:
+                    to_db_in_place(dst)
+                    describe(dst, names=tuple(wanted), tags={**tags, "GEOCODING": "as delivered"})
+            else:
+                _geocode(stage, partial, images, settings, grid, product, tags)
+        finally:
+            if stage != partial:
+                stage.unlink(missing_ok=True)
+    return ReadProduct(out, product, Sensor.gf3, name, meta["acquired"], tuple(wanted), {k: str(v) for k, v in tags.items()})
+
+
+def _polarisations(meta: dict, tiffs: dict[str, Path], settings: ProductsConfig, product: Path, meta_name: str) -> list[str]:
+    """The polarisations to read, checked before any pixel is: delivered, with an image and calibration."""
     delivered = meta["polarisations"] or sorted(tiffs)
     if not delivered:
-        raise InputError(product, f"no polarisation in {meta_path.name} (polarMode '{meta['polar_mode']}') and no image")
+        raise InputError(product, f"no polarisation in {meta_name} (polarMode '{meta['polar_mode']}') and no image")
     wanted = settings.gf3.polarisations or delivered
     unknown = [p for p in wanted if p not in delivered]
     if unknown:
@@ -178,32 +236,40 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
             raise InputError(product, f"missing band file: no image for polarisation {pol} (…_{pol}_….tiff)")
         qualify, constant = meta["calibration"][pol]
         if qualify is None or qualify <= 0:
-            raise InputError(product, f"QualifyValue for {pol} is missing or NaN in {meta_path.name}; cannot calibrate")
+            raise InputError(product, f"QualifyValue for {pol} is missing or NaN in {meta_name}; cannot calibrate")
         if constant is None:
-            raise InputError(product, f"CalibrationConst for {pol} is missing or NaN in {meta_path.name}; cannot calibrate")
+            raise InputError(product, f"CalibrationConst for {pol} is missing or NaN in {meta_name}; cannot calibrate")
+    return wanted
 
+
+def _open_images(wanted: list[str], tiffs: dict[str, Path], meta: dict, product: Path) -> _Images:
+    """Size, georeferencing and sample layout of the polarisation images, which must agree."""
+    paths = tuple(tiffs[pol] for pol in wanted)
+    shapes = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        shapes = {}
-        for pol in wanted:
+        for path in paths:
             try:
-                with rasterio.open(tiffs[pol]) as src:
-                    shapes[pol] = (src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform)
+                with rasterio.open(path) as src:
+                    shapes.append((src.width, src.height, src.count, src.dtypes[0], src.crs, src.transform))
             except rasterio.errors.RasterioIOError as exc:
-                raise InputError(product, f"{tiffs[pol].name} is not a readable image ({exc})") from None
-    width, height, count, dtype, src_crs, src_transform = shapes[wanted[0]]
-    if any(s[:2] != (width, height) for s in shapes.values()):
+                raise InputError(product, f"{path.name} is not a readable image ({exc})") from None
+    first = paths[0]
+    width, height, count, dtype, crs, transform = shapes[0]
+    if any(s[:2] != (width, height) for s in shapes):
         raise InputError(product, "the polarisation images differ in size")
     complex_dtype = dtype.startswith("complex")
     slc = meta["product_type"] == "SLC" or count == 2 or complex_dtype
     if slc and not (count == 2 or (count == 1 and complex_dtype)):
-        raise InputError(product, f"{tiffs[wanted[0]].name}: SLC product with {count} band(s); expected I and Q")
+        raise InputError(product, f"{first.name}: SLC product with {count} band(s); expected I and Q")
     if not slc and count != 1:
-        raise InputError(product, f"{tiffs[wanted[0]].name}: detected product with {count} bands; expected 1")
-    georeferenced = src_crs is not None and not src_transform.is_identity
-    looks = settings.gf3.looks or meta["looks"]
+        raise InputError(product, f"{first.name}: detected product with {count} bands; expected 1")
+    return _Images(tuple(wanted), paths, width, height, crs, transform, slc, complex_dtype)
 
-    tags = {
+
+def _tags(name: str, meta: dict, wanted: list[str], slc: bool, settings: ProductsConfig, looks: float) -> dict:
+    """The provenance and calibration tags of the output."""
+    return {
         "PRODUCT_ID": name, "SENSOR": "gf3", "SATELLITE": meta["satellite"],
         "ACQUISITION_TIME": meta["acquired"].isoformat(), "ACQUISITION_DATE": meta["acquired"].date().isoformat(),
         "PRODUCT_TYPE": meta["product_type"] or ("SLC" if slc else "detected"), "PRODUCT_LEVEL": meta["product_level"],
@@ -216,51 +282,47 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
         **{f"CALIBRATION_CONST_{p}": meta["calibration"][p][1] for p in wanted},
     }
 
-    sensor_profile = geotiff_profile(
-        width=width, height=height, count=len(wanted), dtype="float32",
-        crs=src_crs if georeferenced else None, transform=src_transform, nodata=float("nan"),
+
+def _calibrate_all(images: _Images, meta: dict, stage: Path, settings: ProductsConfig, looks: float) -> None:
+    """Linear sigma0 of every polarisation, in sensor geometry (or the delivered grid), into ``stage``."""
+    profile = geotiff_profile(
+        width=images.width, height=images.height, count=len(images.paths), dtype="float32",
+        crs=images.crs if images.georeferenced else None, transform=images.transform, nodata=float("nan"),
     )
-    with atomic_output(out) as partial:
-        stage = partial if georeferenced else partial.with_name(partial.stem + ".sensor.tif")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(stage, "w", **sensor_profile) as dst:
-                    for band, pol in enumerate(wanted, start=1):
-                        qualify, constant = meta["calibration"][pol]
-                        _calibrate(tiffs[pol], dst, band, qualify, constant, slc, complex_dtype, settings, looks)
-            if georeferenced:
-                with rasterio.open(partial, "r+") as dst:
-                    to_db_in_place(dst)
-                    describe(dst, names=tuple(wanted), tags={**tags, "GEOCODING": "as delivered"})
-            else:
-                rpc_path = _rpc_file(tiffs[wanted[0]], tiffs[wanted[0]].parent)
-                if rpc_path is None:
-                    raise InputError(product, "missing RPC file (.rpc / .rpb) for geocoding")
-                rpc = rpcs.read_rpc(rpc_path)
-                h = settings.height if settings.height is not None else rpc.height_off
-                crs, resolution = rpcs.ortho_target(
-                    rpc, width, height, h, crs=settings.crs or grid.crs, resolution=settings.resolution or grid.resolution,
-                )
-                transform, out_width, out_height = rpcs.ortho_grid(rpc, width, height, h, crs, resolution)
-                profile = geotiff_profile(
-                    width=out_width, height=out_height, count=len(wanted), dtype="float32",
-                    crs=crs, transform=transform, nodata=float("nan"),
-                )
-                options = rpcs.rpc_warp_options(rpc, height=settings.height, dem=settings.dem, dem_srs=settings.dem_srs)
-                with rasterio.open(partial, "w+", **profile) as dst:
-                    rpcs.orthorectify(
-                        stage, dst, rpc=rpc, bands=list(range(1, len(wanted) + 1)),
-                        dst_bands=list(range(1, len(wanted) + 1)), resampling=Resampling.bilinear,
-                        src_nodata=float("nan"), dst_nodata=float("nan"), options=options,
-                    )
-                    to_db_in_place(dst)
-                    geocoding = "RPC, DEM " + str(settings.dem) if settings.dem else f"RPC, constant height {h:g} m"
-                    describe(dst, names=tuple(wanted), tags={**tags, "GEOCODING": geocoding})
-        finally:
-            if stage != partial:
-                stage.unlink(missing_ok=True)
-    return ReadProduct(out, product, Sensor.gf3, name, meta["acquired"], tuple(wanted), {k: str(v) for k, v in tags.items()})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(stage, "w", **profile) as dst:
+            for band, (pol, tiff) in enumerate(zip(images.polarisations, images.paths), start=1):
+                qualify, constant = meta["calibration"][pol]
+                _calibrate(tiff, dst, band, qualify, constant, images.slc, images.complex_dtype, settings, looks)
+
+
+def _geocode(stage: Path, partial: Path, images: _Images, settings: ProductsConfig, grid: GridConfig,
+             product: Path, tags: dict) -> None:
+    """Orthorectify the sensor-geometry ``stage`` with the RPCs into ``partial``, in dB."""
+    rpc_path = _rpc_file(images.paths[0], images.paths[0].parent)
+    if rpc_path is None:
+        raise InputError(product, "missing RPC file (.rpc / .rpb) for geocoding")
+    rpc = rpcs.read_rpc(rpc_path)
+    width, height, bands = images.width, images.height, list(range(1, len(images.paths) + 1))
+    h = settings.height if settings.height is not None else rpc.height_off
+    crs, resolution = rpcs.ortho_target(
+        rpc, width, height, h, crs=settings.crs or grid.crs, resolution=settings.resolution or grid.resolution,
+    )
+    transform, out_width, out_height = rpcs.ortho_grid(rpc, width, height, h, crs, resolution)
+    profile = geotiff_profile(
+        width=out_width, height=out_height, count=len(bands), dtype="float32",
+        crs=crs, transform=transform, nodata=float("nan"),
+    )
+    options = rpcs.rpc_warp_options(rpc, height=settings.height, dem=settings.dem, dem_srs=settings.dem_srs)
+    with rasterio.open(partial, "w+", **profile) as dst:
+        rpcs.orthorectify(
+            stage, dst, rpc=rpc, bands=bands, dst_bands=bands, resampling=Resampling.bilinear,
+            src_nodata=float("nan"), dst_nodata=float("nan"), options=options,
+        )
+        to_db_in_place(dst)
+        geocoding = "RPC, DEM " + str(settings.dem) if settings.dem else f"RPC, constant height {h:g} m"
+        describe(dst, names=images.polarisations, tags={**tags, "GEOCODING": geocoding})
 
 
 def _calibrate(tiff: Path, dst, band: int, qualify: float, constant: float, slc: bool, complex_dtype: bool,

@@ -30,9 +30,9 @@ from rasterio.windows import Window
 
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 from pipeline.products.common import (
     ReadProduct,
-    atomic_output,
     describe,
     find_files,
     geotiff_profile,
@@ -231,7 +231,7 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
             readers[band] = _Band(path, crs, transform, width, height, resampling, product)
         profile = geotiff_profile(width=width, height=height, count=len(bands), dtype="float32",
                                   crs=crs, transform=transform, nodata=float("nan"))
-        with atomic_output(out) as partial, rasterio.open(partial, "w", **profile) as dst:
+        with atomic_path(out) as partial, rasterio.open(partial, "w", **profile) as dst:
             for row in range(0, height, BLOCK):
                 for col in range(0, width, BLOCK):
                     window = Window(col, row, min(BLOCK, width - col), min(BLOCK, height - row))
