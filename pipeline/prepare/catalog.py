@@ -57,6 +57,7 @@ class Scene:
 
     @property
     def resolution(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units, positive (1, 1 in pixel space)."""
         return abs(self.transform.a), abs(self.transform.e)
 
     @property
@@ -85,8 +86,24 @@ def _inbox_product(path: Path, roles: dict[Sensor, Role]) -> SceneEntry | None:
 
 
 def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
-    """Scene entries for an inbox: GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``, and provider
-    products (GF-2, GF-3, Sentinel-2 folders or archives, see :mod:`pipeline.products`)."""
+    """Scene entries for an inbox: GOLD's naming ``{base}_{A|B|D|E}.{tif|png}``, and provider products.
+
+    GOLD's letters map to roles A, B, C (``D``) and label (``E``), grouped by ``base``. Provider products
+    (GF-2, GF-3, Sentinel-2 folders or archives, see :mod:`pipeline.products`) get their role from
+    their sensor and are grouped by footprint overlap; an unrecognised archive is still listed, so
+    that it is reported. Hidden files and other files are skipped.
+
+    Args:
+        folder: the inbox folder.
+        sensors: the sensor assumed for each role (config ``inbox_sensors``); also maps a product's
+            sensor back to its role.
+
+    Returns:
+        One entry per inbox image or product, in name order.
+
+    Raises:
+        InputError: ``folder`` is not a folder.
+    """
     if not folder.is_dir():
         raise InputError(folder, "inbox folder not found")
     roles: dict[Sensor, Role] = {}
@@ -115,6 +132,16 @@ def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
 
     Ids default to the file stem, prefixed with the folder name when stems repeat (the
     LEVIR-CD layout ``A/x.png``, ``B/x.png``).
+
+    Args:
+        config: the prepare config (``scenes``, ``scene_list``, ``inbox``, ``inbox_sensors``).
+
+    Returns:
+        The entries of ``scenes``, then of the scene list, then of the inbox.
+
+    Raises:
+        ConfigError: the scene list cannot be read or is invalid.
+        InputError: the inbox folder is missing, or two entries have the same scene id (names the file).
     """
     entries = list(config.scenes)
     if config.scene_list is not None:
@@ -136,7 +163,16 @@ def scene_entries(config: PrepareConfig) -> list[SceneEntry]:
 
 
 def footprint_from_mask(valid: np.ndarray, transform: Affine) -> BaseGeometry:
-    """Union of the valid regions of a boolean mask, in the coordinates of ``transform``."""
+    """Union of the valid regions of a boolean mask, in the coordinates of ``transform``.
+
+    Args:
+        valid: boolean (H, W) mask of valid pixels.
+        transform: the mask's pixel-to-CRS transform (identity for pixel space).
+
+    Returns:
+        The valid area as a (Multi)Polygon, made valid with ``buffer(0)``; an empty Polygon when no
+        pixel is valid.
+    """
     shapes = rasterio.features.shapes(valid.astype(np.uint8), mask=valid, transform=transform)
     polygons = [shape(geometry) for geometry, value in shapes if value == 1]
     return unary_union(polygons).buffer(0) if polygons else Polygon()
@@ -148,6 +184,22 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig, *, cache: Path | Non
     A provider product (GF-2 / GF-3 / Sentinel-2 folder, archive or key file; or a folder or
     archive the entry's ``sensor`` names) is first read into an analysis-ready GeoTIFF in the
     products cache (``cache``, else ``products.cache``); errors name the product.
+
+    The footprint is traced from the valid mask read at most ``footprint_max_size`` pixels on a side.
+
+    Args:
+        entry: the scene entry (a raster file or a provider product).
+        config: the prepare config (``georeferenced``, ``expected_bands``, ``tiling.black_value``,
+            ``footprint_max_size``, ``products``, ``grid``).
+        cache: where provider products are read to; None uses ``products.cache``, else the user cache.
+
+    Returns:
+        The Scene; for a product, ``path`` is the read GeoTIFF and ``source`` the product.
+
+    Raises:
+        InputError: the file or product is missing, unreadable or no recognised product; has no CRS
+            while ``georeferenced`` is true; has a band count other than expected (1 for labels); or has
+            no valid pixel. The message names the file (the product for a product).
     """
     product = recognise(entry.path, hint=entry.sensor)
     if product is None:
@@ -232,7 +284,13 @@ def build_catalog(
 ) -> tuple[list[Scene], list[tuple[SceneEntry, str]]]:
     """Catalog every entry; bad inputs are returned as (entry, reason), the rest go on.
 
-    ``cache``: where provider products are read to (default ``products.cache``, else the user cache).
+    Args:
+        entries: the scene entries, e.g. from :func:`scene_entries`.
+        config: the prepare config.
+        cache: where provider products are read to (default ``products.cache``, else the user cache).
+
+    Returns:
+        The catalogued scenes, in entry order, and the failures as (entry, reason naming the file).
     """
     scenes, failures = [], []
     for entry in entries:

@@ -128,7 +128,13 @@ def structure_descriptor(
     (orientation wraps around at π), then L2-normalised per pixel so that only the local *shape* of
     the gradient distribution remains, not its strength.
 
-    ``image`` is (H, W); returns float32 (orientations, H, W).
+    Args:
+        image: one band, (H, W) (the log amplitude for SAR).
+        orientations: number of gradient directions θ in [0, π) (≥ 3; ``CoregistrationConfig.orientations``).
+        sigma: spatial Gaussian (px) of the channels; wide enough to average SAR speckle.
+
+    Returns:
+        float32 (orientations, H, W), L2-normalised per pixel.
     """
     smooth = ndimage.gaussian_filter(np.asarray(image, dtype=np.float32), PRESMOOTH_SIGMA)
     gx = ndimage.sobel(smooth, axis=1)
@@ -235,9 +241,22 @@ def phase_shift(
     otherwise pulls the estimate towards whole pixels by up to 0.1 px), which is why Stone et al.
     (IEEE TGRS 39(10), 2001) mask them out.
 
-    Returns (dx, dy, reliability): the feature at reference position p lies at p + (dx, dy) in the
-    moving image (columns, rows), and AROSICS's reliability of the correlation surface in percent.
     Shifts are only defined modulo the window size, so keep them well below half of it.
+
+    Args:
+        reference: the reference window, (H, W) or (C, H, W).
+        moving: the moving window, same shape.
+        upsample_factor: sub-pixel precision, 1/``upsample_factor`` px.
+        reference_valid: boolean (H, W) mask of valid reference pixels; None: all valid.
+        moving_valid: boolean (H, W) mask of valid moving pixels; None: all valid.
+
+    Returns:
+        (dx, dy, reliability): the feature at reference position p lies at p + (dx, dy) in the moving
+        image (columns, rows, px), and AROSICS's reliability of the correlation surface in percent
+        (0–100). (0, 0, 0) when nothing valid is left to correlate.
+
+    Raises:
+        ValueError: the windows differ in shape or are not (H, W) / (C, H, W).
     """
     ref = _as_channels(reference)
     mov = _as_channels(moving)
@@ -498,7 +517,23 @@ def coregister(
     (either image is SAR) matches CFOG descriptors of the log amplitude instead of intensities.
     ``*_black`` is GOLD's black rule for integer imagery (see :func:`pipeline.io.raster.read_window`).
 
-    The correction is not applied: the caller re-warps from the source with ``matrix``.
+    The correction is not applied: the caller re-warps from the source with ``matrix``, and refusing an
+    image above ``config.max_rmse_px`` (or without a usable RMSE) is the caller's decision too.
+
+    Args:
+        reference: the reference image, open.
+        moving: the image to measure, open, with the reference's width and height.
+        config: the co-registration settings (window, grid spacing, gates, RANSAC threshold); the caller
+            puts ``ransac_threshold_sar_px`` into ``ransac_threshold_px`` for optical↔SAR pairs.
+        structure: match CFOG descriptors of the log amplitude (either image is SAR) instead of intensities.
+        reference_black: GOLD's black value for an integer reference, else None.
+        moving_black: GOLD's black value for an integer moving image, else None.
+
+    Returns:
+        The CoregistrationResult: model, matrix, global shift and reliability, tie points, RMSE, kept count.
+
+    Raises:
+        InputError: the two images differ in size, or a window read fails (names the file).
     """
     if (reference.width, reference.height) != (moving.width, moving.height):
         raise InputError(

@@ -49,9 +49,18 @@ class GroupGrid:
 
     @property
     def resolution(self) -> float:
+        """Pixel size in CRS units (square pixels; 1 in pixel space)."""
         return abs(self.transform.a)
 
     def window_transform(self, window: Window) -> Affine:
+        """The georeferencing of a window of the grid.
+
+        Args:
+            window: a pixel window of the grid.
+
+        Returns:
+            The affine transform of the window's top-left pixel.
+        """
         return rasterio.windows.transform(window, self.transform)
 
 
@@ -65,7 +74,23 @@ def _snap(lattice: Affine, bounds: tuple[float, float, float, float]) -> tuple[A
 
 
 def reference_grid(group: Group, common_crs: CRS | None, config: GridConfig) -> GroupGrid:
-    """The group's grid: reference CRS/resolution (or the config's), over the common valid area."""
+    """The group's grid: reference CRS/resolution (or the config's), over the common valid area.
+
+    The grid is snapped to the reference's pixel lattice when it keeps the reference's CRS and
+    resolution, so the reference is only cropped; otherwise to a lattice through the CRS origin.
+    A reference without CRS gives a pixel-space grid (CRS None).
+
+    Args:
+        group: the scene group, with a member for ``config.reference_role`` and its common valid area.
+        common_crs: the CRS ``group.common_area`` is expressed in (see :func:`pipeline.prepare.overlap.common_crs`).
+        config: the grid settings (``crs``, ``resolution``, ``reference_role``).
+
+    Returns:
+        The GroupGrid covering the common valid area.
+
+    Raises:
+        ValueError: the common valid area is empty once reprojected to the grid's CRS.
+    """
     reference = group.members[config.reference_role]
     if reference.crs is None:
         area = group.common_area
@@ -94,7 +119,14 @@ def reference_grid(group: Group, common_crs: CRS | None, config: GridConfig) -> 
 
 
 def grid_nodata(scene: Scene) -> float:
-    """Nodata of a gridded image: the source's, else 255 for labels, 0 for integers, NaN for floats."""
+    """Nodata of a gridded image: 255 for labels, else the source's, else 0 for integers, NaN for floats.
+
+    Args:
+        scene: the catalogued image.
+
+    Returns:
+        The nodata value of its grid COG.
+    """
     if scene.role.is_label:
         return NODATA_U8
     if scene.nodata is not None:
@@ -111,9 +143,18 @@ def warped(
     Labels come with a trailing alpha band (255 where the source has data) instead of a nodata
     value, because GOLD-style labels use 255 for change.
 
-    ``correction`` maps a grid pixel to the pixel of the uncorrected warp that holds the same
-    ground (the co-registration matrix); warping to ``grid.transform @ correction`` and labelling
-    the result with ``grid.transform`` applies it within the single resampling.
+    Args:
+        scene: the catalogued image; bilinear resampling for images, nearest for labels.
+        grid: the group's grid.
+        correction: maps a grid pixel to the pixel of the uncorrected warp that holds the same ground
+            (the co-registration matrix); warping to ``grid.transform @ correction`` and labelling the
+            result with ``grid.transform`` applies it within the single resampling.
+
+    Yields:
+        A dataset on ``grid`` (a streamed WarpedVRT; in memory for pixel-space images).
+
+    Raises:
+        InputError: the scene's file is missing or unreadable.
     """
     resampling = Resampling.nearest if scene.role.is_label else Resampling.bilinear
     nodata = grid_nodata(scene)
@@ -186,7 +227,14 @@ def _pixel_space_warp(
 def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding | Literal["classes"]) -> np.ndarray:
     """Canonical label: 0 no change, 1 change, 255 ignore (or outside the source).
 
-    ``"classes"`` (semantic rasters) keeps the class ids 0..254 as they are.
+    Args:
+        values: the warped label values, (H, W).
+        alpha: the warp's alpha band, (H, W); 0 marks pixels outside the source.
+        encoding: ``"change01"`` (0/1 kept, any other value → 255), ``"binary255"`` (GOLD's masks:
+            > 127 → 1, else 0) or ``"classes"`` (semantic rasters: the class ids 0..254 kept as they are).
+
+    Returns:
+        uint8 (H, W) label, 255 where ``alpha`` is 0.
     """
     if encoding == "classes":
         label = values.astype(np.uint8)
@@ -199,7 +247,16 @@ def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding 
 
 
 def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
-    """Row-major windows of at most ``block`` × ``block`` px covering a raster."""
+    """Row-major windows of at most ``block`` × ``block`` px covering a raster.
+
+    Args:
+        width: raster width (px).
+        height: raster height (px).
+        block: block side (px); edge blocks are cut to the raster.
+
+    Yields:
+        The windows, row by row.
+    """
     for row in range(0, height, block):
         for col in range(0, width, block):
             yield Window(col, row, min(block, width - col), min(block, height - row))
@@ -219,6 +276,18 @@ def write_cog(
     With ``label_encoding`` the source is a label with an alpha band (see ``warped``) and is
     written in the canonical encoding 0 / 1 / 255 = ignore or outside.
     Written to a temporary name and renamed, so a killed run never leaves a partial COG.
+
+    Args:
+        source: the image on ``grid``, e.g. from :func:`warped`.
+        destination: the COG to write.
+        grid: the group's grid (size and georeferencing of the COG).
+        block_size: side (px) of the blocks streamed from ``source``.
+        label_encoding: for a label: ``"change01"``, ``"binary255"`` or ``"classes"`` (see
+            :func:`encode_label`); None for an image (its bands, dtype and nodata are kept).
+        tags: metadata tags written into the COG.
+
+    Returns:
+        ``destination``.
     """
     categorical = label_encoding is not None
     profile = {

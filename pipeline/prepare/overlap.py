@@ -36,13 +36,20 @@ class Group:
 
     @property
     def reference(self) -> Scene:
+        """The group's role-A scene (optical t1)."""
         return self.members[Role.A]
 
 
 def common_crs(scenes: list[Scene]) -> CRS | None:
     """One projected CRS for all areas: the scenes' own if they share a projected one, else UTM.
 
-    Returns None in pixel space (scenes without CRS).
+    The UTM zone (WGS 84) is the one of the mean centroid of the georeferenced footprints.
+
+    Args:
+        scenes: the catalogued scenes.
+
+    Returns:
+        The common projected CRS; None in pixel space (no scene has a CRS).
     """
     crss = {scene.crs for scene in scenes if scene.crs is not None}
     if not crss:
@@ -59,7 +66,19 @@ def common_crs(scenes: list[Scene]) -> CRS | None:
 
 
 def reproject_geometry(geometry: BaseGeometry, src: CRS | None, dst: CRS | None, *, densify: float | None = None) -> BaseGeometry:
-    """Geometry from ``src`` to ``dst``; edges are densified first so curved images stay exact."""
+    """Geometry from ``src`` to ``dst``; edges are densified first so curved images stay exact.
+
+    Polygons are repaired with ``buffer(0)`` after projection; points and lines stay as they are.
+
+    Args:
+        geometry: the geometry, in ``src`` coordinates.
+        src: its CRS; None (pixel space) returns ``geometry`` unchanged.
+        dst: the target CRS; None returns ``geometry`` unchanged.
+        densify: longest edge (in ``src`` units) before projection; None does not densify.
+
+    Returns:
+        The geometry in ``dst`` coordinates.
+    """
     if src is None or dst is None or src == dst:
         return geometry
     if densify:
@@ -74,13 +93,29 @@ def reproject_geometry(geometry: BaseGeometry, src: CRS | None, dst: CRS | None,
 
 
 def footprint_in(scene: Scene, crs: CRS | None) -> BaseGeometry:
-    """The scene's valid footprint in ``crs``."""
+    """The scene's valid footprint in ``crs``.
+
+    Args:
+        scene: the catalogued scene.
+        crs: the target CRS; None keeps the footprint as it is (pixel space).
+
+    Returns:
+        The footprint, densified every 16 pixels before reprojection.
+    """
     step = 16 * max(scene.resolution)
     return reproject_geometry(scene.footprint, scene.crs, crs, densify=step)
 
 
 def overlap_ratio(first: BaseGeometry, second: BaseGeometry) -> float:
-    """GOLD's overlap: intersection area over the smaller area (0 when either is empty)."""
+    """GOLD's overlap: intersection area over the smaller area (0 when either is empty).
+
+    Args:
+        first: a footprint, in the same projected CRS as ``second``.
+        second: the other footprint.
+
+    Returns:
+        The ratio, 0–1.
+    """
     smaller = min(first.area, second.area)
     if smaller <= 0:
         return 0.0
@@ -124,7 +159,15 @@ def build_groups(scenes: list[Scene], min_overlap: float) -> tuple[list[Group], 
 
     Scenes with a group name (scene list or inbox base name) are grouped by it; the others are
     paired with the reference scene they overlap most. No scene is dropped silently: every scene
-    that ends in no group is returned with the reason.
+    that ends in no group is returned with the reason. A group needs one A image and a B or C image.
+
+    Args:
+        scenes: the catalogued scenes.
+        min_overlap: the least overlap ratio (see :func:`overlap_ratio`, 0–1] of a member with the A image.
+
+    Returns:
+        The groups (named groups in name order, then the free references in date order), the reason
+        per ungrouped scene id, and the common CRS of the footprints (None in pixel space).
     """
     crs = common_crs(scenes)
     footprints = {scene.id: footprint_in(scene, crs) for scene in scenes}

@@ -24,6 +24,8 @@ CHANGE_WEIGHT = 0.3
 
 @dataclass(frozen=True)
 class BlockStats:
+    """Content of one spatial block: kept tiles, changed and labelled (not 255) label pixels."""
+
     tiles: int
     change_pixels: int
     labelled_pixels: int
@@ -43,7 +45,20 @@ def _cost(
 
 
 def assign_splits(blocks: dict[BlockKey, BlockStats], ratios: dict[str, float], seed: int) -> dict[BlockKey, str]:
-    """Split of every block; each split with a positive ratio gets a block when there are enough."""
+    """Split of every block; each split with a positive ratio gets a block when there are enough.
+
+    Blocks are taken in a seeded shuffle of their sorted keys and each goes to the split that keeps
+    the tile shares closest to ``ratios`` and the change fractions closest to the global one (GOLD's
+    greedy objective); ties go to train, then val, then test.
+
+    Args:
+        blocks: the stats of every block, by (group, block column, block row).
+        ratios: the wanted share of tiles per split (``train``, ``val``, ``test``), summing to 1.
+        seed: seed of the block order.
+
+    Returns:
+        The split name of every block.
+    """
     active = {s: r for s, r in ratios.items() if r > 0}
     keys = sorted(blocks)
     order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
@@ -77,8 +92,15 @@ def assign_splits(blocks: dict[BlockKey, BlockStats], ratios: dict[str, float], 
 def isolation_conflicts(tiles: list[tuple[str, str, BaseGeometry]]) -> list[str]:
     """Tiles that overlap or touch a tile of another split (e.g. across overlapping groups).
 
-    ``tiles`` are (tile_id, split, geometry in one CRS). Evaluation splits win: a conflicting
-    train tile is dropped before a val one, a val tile before a test one.
+    Evaluation splits win: a conflicting train tile is dropped before a val one, a val tile before a
+    test one; a dropped tile causes no further drops.
+
+    Args:
+        tiles: (tile_id, split, geometry) of every kept tile, geometries in one CRS; split is
+            ``train``, ``val`` or ``test``.
+
+    Returns:
+        The ids of the tiles to drop, sorted.
     """
     priority = {"test": 0, "val": 1, "train": 2}
     ordered = sorted(tiles, key=lambda t: (priority[t[1]], t[0]))
