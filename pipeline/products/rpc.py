@@ -58,7 +58,19 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 
 
 def parse_rpb(text: str, source: Path | str = "<rpb>") -> RPC:
-    """An RPC from RPB text (DigitalGlobe / GaoFen layout); InputError naming ``source`` if malformed."""
+    """An RPC from RPB text (DigitalGlobe / GaoFen layout); InputError naming ``source`` if malformed.
+
+    Args:
+        text: the RPB text (``key = value;`` and ``key = ( c1, ..., c20 );``).
+        source: the file the text came from, named in errors.
+
+    Returns:
+        The RPC (``errBias`` / ``errRand`` optional).
+
+    Raises:
+        InputError: a coefficient vector does not hold 20 numbers, a scalar is not a number, a required
+            key is missing, or a scale is 0.
+    """
     values: dict[str, object] = {}
     for key, raw in _ASSIGNMENT.findall(text):
         if key in _VECTORS:
@@ -82,7 +94,17 @@ def parse_rpb(text: str, source: Path | str = "<rpb>") -> RPC:
 
 
 def read_rpc(path: Path) -> RPC:
-    """Parse an ``.rpb`` / ``.rpc`` sidecar file."""
+    """Parse an ``.rpb`` / ``.rpc`` sidecar file.
+
+    Args:
+        path: the sidecar (GF-2 ``.rpb``, GF-3 ``.rpc``); undecodable bytes are replaced.
+
+    Returns:
+        The RPC.
+
+    Raises:
+        InputError: the file is missing or malformed (see :func:`parse_rpb`); names the file.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -91,7 +113,16 @@ def read_rpc(path: Path) -> RPC:
 
 
 def format_rpb(rpc: RPC, *, sat_id: str = "GF2", band_id: str = "MSS") -> str:
-    """RPB text in the layout GF-2 and GF-3 products use (fixtures, round trips)."""
+    """RPB text in the layout GF-2 and GF-3 products use (fixtures, round trips).
+
+    Args:
+        rpc: the coefficients; an unset (or zero) ``err_bias`` is written as 1.0, ``err_rand`` as 0.0.
+        sat_id: the ``satId`` written, e.g. ``"GF2"``.
+        band_id: the ``bandId`` written, e.g. ``"MSS"`` or ``"PAN"``.
+
+    Returns:
+        The RPB text, readable by :func:`parse_rpb`.
+    """
     lines = [f'satId = "{sat_id}";', f'bandId = "{band_id}";', 'SpecId = "RPC00B";', "BEGIN_GROUP = IMAGE"]
     lines.append(f"\terrBias = {rpc.err_bias or 1.0:10.2f};")
     lines.append(f"\terrRand = {rpc.err_rand or 0.0:10.2f};")
@@ -123,6 +154,15 @@ def rpc_forward(rpc: RPC, lon, lat, height) -> tuple[np.ndarray, np.ndarray]:
     """Ground (longitude, latitude in degrees; ellipsoidal height in m) → image (sample, line).
 
     Integer results are pixel centres (RPC convention).
+
+    Args:
+        rpc: the image's RPC.
+        lon: longitude (degrees), scalar or array; the three inputs are broadcast together.
+        lat: latitude (degrees).
+        height: ellipsoidal height (m).
+
+    Returns:
+        (sample, line) as float64 arrays of the broadcast shape.
     """
     lon, lat, height = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (lon, lat, height)))
     terms = _terms(
@@ -142,7 +182,22 @@ def rpc_forward(rpc: RPC, lon, lat, height) -> tuple[np.ndarray, np.ndarray]:
 def rpc_inverse(
     rpc: RPC, samp, line, height, *, iterations: int = 20, tolerance_px: float = 1e-6
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image (sample, line) at a height → ground (longitude, latitude), by Newton iterations."""
+    """Image (sample, line) at a height → ground (longitude, latitude), by Newton iterations.
+
+    Starts at the RPC's ground offset, with finite-difference Jacobians; stops when every residual is
+    below ``tolerance_px`` or after ``iterations`` steps (the last estimate is returned either way).
+
+    Args:
+        rpc: the image's RPC.
+        samp: sample (pixel-centre convention), scalar or array; the three inputs are broadcast together.
+        line: line (pixel-centre convention).
+        height: ellipsoidal height (m).
+        iterations: the most Newton steps.
+        tolerance_px: residual (px) below which the iteration stops.
+
+    Returns:
+        (longitude, latitude) in degrees, float64 arrays of the broadcast shape.
+    """
     samp, line, height = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (samp, line, height)))
     lon = np.full(samp.shape, float(rpc.long_off))
     lat = np.full(samp.shape, float(rpc.lat_off))
@@ -172,8 +227,18 @@ def fit_rpc(
 ) -> RPC:
     """Fit RPC00B numerators (denominators 1) to a ground → image function, by least squares.
 
-    ``ground_to_image(lon, lat, h)`` returns (sample, line). Used to build realistic fixtures from
-    a simple physical sensor model; exact for models up to cubic in (lon, lat, h).
+    Used to build realistic fixtures from a simple physical sensor model; exact for models up to
+    cubic in (lon, lat, h). Sampled on an 11 × 11 × 5 grid of the ranges.
+
+    Args:
+        ground_to_image: ``f(lon, lat, h) -> (sample, line)`` on arrays (pixel-centre convention).
+        lon_range: (min, max) longitude (degrees) of the image.
+        lat_range: (min, max) latitude (degrees).
+        height_range: (min, max) ellipsoidal height (m).
+        image_size: (width, height) of the image (px).
+
+    Returns:
+        The fitted RPC (``err_bias`` 1.0, ``err_rand`` 0.5).
     """
     lon_off, lat_off = sum(lon_range) / 2, sum(lat_range) / 2
     h_off = sum(height_range) / 2
@@ -204,20 +269,49 @@ def fit_rpc(
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
-    """The WGS 84 UTM zone of a point."""
+    """The WGS 84 UTM zone of a point (the regular 6° zones, without the Norway/Svalbard exceptions).
+
+    Args:
+        lon: longitude (degrees).
+        lat: latitude (degrees); ≥ 0 gives the northern zone.
+
+    Returns:
+        The CRS, EPSG:326xx or EPSG:327xx.
+    """
     zone = min(max(int(math.floor((lon + 180.0) / 6.0)) + 1, 1), 60)
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def image_corners(rpc: RPC, width: int, height: int, h: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ground (lon, lat) of the image's outer corners (pixel edges), clockwise from top-left."""
+    """Ground (lon, lat) of the image's outer corners (pixel edges), clockwise from top-left.
+
+    Args:
+        rpc: the image's RPC.
+        width: image width (px).
+        height: image height (px).
+        h: the ellipsoidal height (m) of the ground.
+
+    Returns:
+        (longitude, latitude) arrays of the 4 corners, degrees.
+    """
     samp = np.array([-0.5, width - 0.5, width - 0.5, -0.5])
     line = np.array([-0.5, -0.5, height - 0.5, height - 0.5])
     return rpc_inverse(rpc, samp, line, h)
 
 
 def footprint_lonlat(rpc: RPC, width: int, height: int, h: float, *, points: int = 8) -> np.ndarray:
-    """The image outline on the ground, (N, 2) lon/lat, densified along the edges."""
+    """The image outline on the ground, (N, 2) lon/lat, densified along the edges.
+
+    Args:
+        rpc: the image's RPC.
+        width: image width (px).
+        height: image height (px).
+        h: the ellipsoidal height (m) of the ground.
+        points: points per edge.
+
+    Returns:
+        (4 · ``points``, 2) longitude/latitude (degrees), clockwise from the top-left corner, not closed.
+    """
     t = np.linspace(0, 1, points, endpoint=False)
     w, hh = width - 0.5, height - 0.5
     samp = np.concatenate([-0.5 + t * width, np.full(points, w), w - t * width, np.full(points, -0.5)])
@@ -227,7 +321,17 @@ def footprint_lonlat(rpc: RPC, width: int, height: int, h: float, *, points: int
 
 
 def gsd_m(rpc: RPC, width: int, height: int, h: float) -> float:
-    """Mean ground sampling distance (m) at the image centre, from the RPCs."""
+    """Mean ground sampling distance (m) at the image centre, from the RPCs.
+
+    Args:
+        rpc: the image's RPC.
+        width: image width (px).
+        height: image height (px).
+        h: the ellipsoidal height (m) of the ground.
+
+    Returns:
+        The mean of the one-pixel steps along samples and lines, in metres (measured in UTM).
+    """
     cs, cl = (width - 1) / 2, (height - 1) / 2
     lon, lat = rpc_inverse(rpc, [cs, cs + 1, cs], [cl, cl, cl + 1], h)
     crs = utm_crs(float(lon[0]), float(lat[0]))
@@ -240,7 +344,19 @@ def gsd_m(rpc: RPC, width: int, height: int, h: float) -> float:
 def ortho_grid(
     rpc: RPC, width: int, height: int, h: float, crs: CRS, resolution: float
 ) -> tuple[Affine, int, int]:
-    """The grid covering the image's ground footprint, on the lattice of multiples of ``resolution``."""
+    """The grid covering the image's ground footprint, on the lattice of multiples of ``resolution``.
+
+    Args:
+        rpc: the image's RPC.
+        width: image width (px).
+        height: image height (px).
+        h: the ellipsoidal height (m) of the ground.
+        crs: the target CRS.
+        resolution: the pixel size, in ``crs`` units.
+
+    Returns:
+        (transform, width, height) of the north-up grid.
+    """
     outline = footprint_lonlat(rpc, width, height, h, points=16)
     xs, ys = transform_points("EPSG:4326", crs, outline[:, 0].tolist(), outline[:, 1].tolist())
     x0 = round(math.floor(min(xs) / resolution) * resolution, 9)
@@ -251,7 +367,17 @@ def ortho_grid(
 
 
 def rpc_warp_options(rpc: RPC, *, height: float | None, dem: Path | None, dem_srs: str | None) -> dict:
-    """GDAL RPC transformer options: a DEM when given, else a constant height (config or HEIGHT_OFF)."""
+    """GDAL RPC transformer options: a DEM when given, else a constant height (config or HEIGHT_OFF).
+
+    Args:
+        rpc: the image's RPC (its height offset is the default height).
+        height: constant ellipsoidal height (m); with a DEM, the value used where the DEM has no data.
+        dem: a DEM of ellipsoidal heights, or None.
+        dem_srs: the DEM's SRS with its vertical datum (e.g. ``"EPSG:4326+5773"``), or None.
+
+    Returns:
+        The ``RPC_*`` options for :func:`rasterio.warp.reproject`.
+    """
     if dem is not None:
         options = {"RPC_DEM": str(dem), "RPC_DEMINTERPOLATION": "bilinear"}
         if dem_srs:
@@ -267,6 +393,17 @@ def rpc_vrt(source: Path, rpc: RPC, bands: list[int]) -> str:
 
     GDAL's warper takes the RPCs from the source dataset's metadata, so the sidecar (whatever its
     name: ``.rpb`` or GF-3's ``.rpc``) is attached through this wrapper; no pixel is copied.
+
+    Args:
+        source: the sensor-geometry image.
+        rpc: its RPC.
+        bands: the source bands (1-based) the VRT exposes, in order, as bands 1..n.
+
+    Returns:
+        The VRT XML text.
+
+    Raises:
+        rasterio.errors.RasterioIOError: ``source`` cannot be opened.
     """
     from xml.sax.saxutils import escape
 
@@ -306,8 +443,22 @@ def orthorectify(
 ) -> None:
     """Warp ``bands`` of a sensor-geometry image into ``dst_bands`` of an open dataset, with RPCs.
 
-    The destination is an open rasterio dataset (mode ``w`` or ``r+``) that carries the target CRS
-    and transform; GDAL warps in chunks (bounded memory) straight from the source file.
+    GDAL warps in chunks (bounded memory) straight from the source file.
+
+    Args:
+        source: the sensor-geometry image.
+        destination: an open rasterio dataset (mode ``w`` or ``r+``) that carries the target CRS and transform.
+        rpc: the source's RPC.
+        bands: the source bands (1-based) to warp.
+        dst_bands: the destination bands (1-based) they go to, same length.
+        resampling: the resampling method.
+        src_nodata: the source's nodata value, or None.
+        dst_nodata: the value written where there is no source data.
+        options: GDAL RPC transformer options (see :func:`rpc_warp_options`).
+        threads: GDAL warp threads.
+
+    Raises:
+        rasterio.errors.RasterioError: GDAL cannot open the source or warp it (e.g. a missing DEM).
     """
     vrt = rpc_vrt(source, rpc, bands)
     with warnings.catch_warnings():
@@ -331,7 +482,20 @@ def ortho_target(
     rpc: RPC, width: int, height: int, h: float, *, crs: str | None, resolution: float | None,
     default_resolution: float | None = None,
 ) -> tuple[CRS, float]:
-    """CRS and pixel size of an orthorectified product: the given ones, else UTM and the GSD."""
+    """CRS and pixel size of an orthorectified product: the given ones, else UTM and the GSD.
+
+    Args:
+        rpc: the image's RPC.
+        width: image width (px).
+        height: image height (px).
+        h: the ellipsoidal height (m) of the ground.
+        crs: the target CRS (any form :meth:`CRS.from_user_input` takes); None: the UTM zone of the centre.
+        resolution: the pixel size in the target CRS's units; None: ``default_resolution``, else the GSD.
+        default_resolution: the product's nominal GSD (m), used instead of measuring it from the RPCs.
+
+    Returns:
+        The CRS and pixel size; a GSD in metres is converted to degrees for a geographic CRS.
+    """
     if crs:
         target = CRS.from_user_input(crs)
     else:

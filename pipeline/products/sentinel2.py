@@ -56,12 +56,27 @@ BLOCK = 1024
 
 
 def product_name(name: str) -> str | None:
+    """The Sentinel-2 product id a file or folder name starts with, if it does.
+
+    Args:
+        name: a file or folder name, e.g. ``S2B_MSIL2A_20220216T101039_N0400_R022_T33UUU_20220216T130604.SAFE``.
+
+    Returns:
+        The product id (the name without ``.SAFE`` / ``.zip``), or None when the name is no S2 product name.
+    """
     match = NAME.match(name)
     return None if match is None else name[: match.end()]
 
 
 def normalise_band(name: str) -> str:
-    """'B2' → 'B02', 'b8a' → 'B8A', 'SCL' → 'SCL'."""
+    """Canonical band name: 'B2' → 'B02', 'b8a' → 'B8A', 'SCL' → 'SCL'.
+
+    Args:
+        name: a band name in any case, with or without the leading zero.
+
+    Returns:
+        The name as in Sentinel-2 file names; other names are upper-cased.
+    """
     upper = name.upper()
     match = re.fullmatch(r"B(\d{1,2})(A?)", upper)
     if match:
@@ -70,7 +85,18 @@ def normalise_band(name: str) -> str:
 
 
 def locate(root: Path, product: Path) -> Path:
-    """The MTD_MSIL*.xml of the SAFE at ``root`` (a SAFE folder, its MTD, or a folder holding one)."""
+    """The MTD_MSIL*.xml of the SAFE at ``root`` (a SAFE folder, its MTD, or a folder holding one).
+
+    Args:
+        root: the SAFE folder, its MTD file, or a folder (e.g. an extracted .zip) holding one SAFE.
+        product: the product as delivered, named in errors.
+
+    Returns:
+        The MTD_MSIL1C.xml / MTD_MSIL2A.xml path (``root`` itself when it is a file).
+
+    Raises:
+        InputError: no MTD file is found within two levels, or several SAFE products are.
+    """
     if root.is_file():
         return root
     direct = [p for p in root.iterdir() if MTD.match(p.name)] if root.is_dir() else []
@@ -97,6 +123,21 @@ def _baseline(root, safe: Path) -> float | None:
 
 
 def read_metadata(mtd: Path, product: Path) -> dict:
+    """What reading needs from the product metadata.
+
+    Args:
+        mtd: the MTD_MSIL1C.xml / MTD_MSIL2A.xml file.
+        product: the product as delivered, named in errors.
+
+    Returns:
+        ``level`` ("1C" / "2A"), ``acquired`` (datetime), ``baseline`` (float or None), ``offsets``
+        (additive DN offset per band name), ``quantification``, ``images`` (IMAGE_FILE entries),
+        ``spacecraft`` and ``cloud_percent``.
+
+    Raises:
+        InputError: the file is missing or malformed XML, has no sensing time (neither in the XML nor
+            in the SAFE name), or an offset is not a number.
+    """
     root = parse_xml(mtd, product)
     tag = local(root.tag)
     level = "2A" if "2A" in tag or "2A" in mtd.name.upper() else "1C"
@@ -136,7 +177,15 @@ def read_metadata(mtd: Path, product: Path) -> dict:
 
 
 def offset_for(band: str, meta: dict) -> float:
-    """The additive DN offset of a band: from the metadata, else by processing baseline."""
+    """The additive DN offset of a band: from the metadata, else by processing baseline.
+
+    Args:
+        band: the band name, e.g. ``"B04"``.
+        meta: the metadata from :func:`read_metadata`.
+
+    Returns:
+        The offset: the metadata's, else −1000 for baseline ≥ 04.00, else 0.
+    """
     if band in meta["offsets"]:
         return meta["offsets"][band]
     baseline = meta["baseline"]
@@ -144,7 +193,22 @@ def offset_for(band: str, meta: dict) -> float:
 
 
 def band_file(safe: Path, band: str, meta: dict, product: Path) -> Path:
-    """The finest-resolution file of ``band`` ('B04', 'SCL')."""
+    """The finest-resolution file of ``band`` ('B04', 'SCL').
+
+    Taken from the metadata's IMAGE_FILE list, else searched under ``GRANULE/*/IMG_DATA``.
+
+    Args:
+        safe: the SAFE folder.
+        band: the band name, e.g. ``"B04"`` or ``"SCL"``.
+        meta: the metadata from :func:`read_metadata`.
+        product: the product as delivered, named in errors.
+
+    Returns:
+        The band's .jp2 file.
+
+    Raises:
+        InputError: no file of the band is listed or found, or the listed file is missing.
+    """
     pattern = re.compile(rf"_{band}(?:_(\d+)m)?$", re.IGNORECASE)
     candidates = []
     for entry in meta["images"]:
@@ -203,6 +267,26 @@ class _Band:
 
 
 def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: GridConfig, out: Path) -> ReadProduct:
+    """Read a SAFE product into a float32 reflectance GeoTIFF at ``s2.resolution`` (NaN = nodata).
+
+    Bands are resampled onto the tile's grid (bilinear; nearest for SCL); DN 0 and, for L2A, the SCL
+    classes in ``s2.cloud_classes`` (and SCL 0) become NaN.
+
+    Args:
+        root: the SAFE folder (or its MTD, or a folder holding one), extracted if delivered as .zip.
+        product: the product as delivered, named in errors.
+        name: the product id, written as the ``PRODUCT_ID`` tag.
+        settings: the products config (``s2.bands``, ``s2.resolution``, ``s2.cloud_classes``).
+        grid: the grid config (not used: the output stays on the product's UTM tile grid).
+        out: the GeoTIFF to write (atomically).
+
+    Returns:
+        The ReadProduct (path ``out``, band names, acquisition time, tags).
+
+    Raises:
+        InputError: the SAFE, its metadata or a band file is missing or unreadable, or the band files
+            carry no CRS; the message names the product.
+    """
     mtd = locate(root, product)
     safe = mtd.parent
     meta = read_metadata(mtd, product)

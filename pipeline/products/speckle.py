@@ -43,7 +43,16 @@ def _lee_weighting(x, mean, mean_sq, looks: float) -> np.ndarray:
 
 
 def lee(intensity: np.ndarray, window: int = 7, looks: float = 1.0) -> np.ndarray:
-    """Lee filter of a 2-D intensity array (NaN = nodata)."""
+    """Lee filter (Lee 1980) of a 2-D intensity array (NaN = nodata).
+
+    Args:
+        intensity: SAR intensity in linear power, (H, W); NaN pixels stay NaN and are left out of the stats.
+        window: side of the square window (px, odd).
+        looks: equivalent number of looks L (speckle variance 1/L).
+
+    Returns:
+        The filtered intensity, float32 (H, W).
+    """
     kernel = np.ones((window, window))
     _, mean, mean_sq = _nan_stats(intensity, kernel)
     return _lee_weighting(intensity, mean, mean_sq, looks).astype(np.float32)
@@ -62,7 +71,19 @@ def _direction_masks(window: int) -> list[np.ndarray]:
 
 
 def refined_lee(intensity: np.ndarray, window: int = 7, looks: float = 1.0) -> np.ndarray:
-    """Refined Lee filter of a 2-D intensity array (NaN = nodata); ``window`` odd, >= 5."""
+    """Refined Lee filter (Lee 1981) of a 2-D intensity array (NaN = nodata); ``window`` odd, >= 5.
+
+    Args:
+        intensity: SAR intensity in linear power, (H, W); NaN pixels stay NaN and are left out of the stats.
+        window: side of the square window (px, odd, ≥ 5).
+        looks: equivalent number of looks L (speckle variance 1/L).
+
+    Returns:
+        The filtered intensity, float32 (H, W).
+
+    Raises:
+        ValueError: ``window`` < 5.
+    """
     if window < 5:
         raise ValueError("refined Lee needs a window of at least 5 px")
     sub = 3 if window <= 9 else (window // 3) | 1
@@ -122,7 +143,21 @@ def filter_strips(
     looks: float,
     rows: int = 512,
 ) -> None:
-    """Filter a tall image strip by strip: ``read_rows(r0, r1)`` gives rows [r0, r1) (2-D)."""
+    """Filter a tall image strip by strip, each strip read with a halo of ``window // 2`` rows.
+
+    Args:
+        read_rows: ``read_rows(r0, r1)`` gives rows [r0, r1) as a 2-D intensity array (NaN = nodata).
+        write_rows: ``write_rows(r0, rows)`` stores filtered rows starting at row ``r0``.
+        height: image height (rows).
+        method: ``"lee"`` or ``"refined_lee"``.
+        window: filter window (px, odd).
+        looks: equivalent number of looks.
+        rows: rows per strip (without the halo).
+
+    Raises:
+        KeyError: ``method`` is not a known filter.
+        ValueError: ``window`` < 5 with ``"refined_lee"``.
+    """
     halo = window // 2  # the farthest pixel either filter looks at
     filter_ = FILTERS[method]
     for r0 in range(0, height, rows):
