@@ -51,6 +51,7 @@ class Product:
 
     @property
     def date(self) -> dt.date | None:
+        """The acquisition date in the product id (the first ``20YYMMDD``), or None."""
         match = _DATE.search(self.name)
         if match is None:
             return None
@@ -61,7 +62,11 @@ class Product:
 
 
 def default_cache() -> Path:
-    """``$CHANGEFLOW_CACHE``, else ``$XDG_CACHE_HOME/changeflow``, else ``~/.cache/changeflow``."""
+    """The products cache used when neither the caller nor the config names one.
+
+    Returns:
+        ``$CHANGEFLOW_CACHE``, else ``$XDG_CACHE_HOME/changeflow``, else ``~/.cache/changeflow``.
+    """
     if os.environ.get("CHANGEFLOW_CACHE"):
         return Path(os.environ["CHANGEFLOW_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -106,8 +111,18 @@ def recognise(path: Path, hint: Sensor | None = None) -> Product | None:
     Key files: a GF-2 ``…-MSS1.tiff``, a GF-3 ``….meta.xml``, a Sentinel-2 ``MTD_MSIL*.xml``.
     Other files of a product (PAN, sidecars, thumbnails, band files) are not products on their own.
     ``hint`` (a scene list's ``sensor``) names the kind of a folder or archive whose name and
-    content do not tell; it never turns a plain GeoTIFF into a product. Raises InputError when a
-    name and the hint disagree, or an archive cannot be listed safely.
+    content do not tell; it never turns a plain GeoTIFF into a product.
+
+    Args:
+        path: a folder, an archive (.zip, .tar, .tar.gz, .tgz) or a file.
+        hint: the sensor the scene list names; only GF-2, GF-3 and Sentinel-2 count.
+
+    Returns:
+        The Product (sensor, path, product id), or None when ``path`` is no product (or does not exist).
+
+    Raises:
+        InputError: the name (or content) and the hint disagree, or an archive cannot be listed safely
+            (see :func:`pipeline.products.archive.list_members`).
     """
     path = Path(path)
     hint = hint if hint in PRODUCT_SENSORS else None
@@ -143,7 +158,27 @@ def recognise(path: Path, hint: Sensor | None = None) -> Product | None:
 def read_product(
     product: Product, settings: ProductsConfig, grid: GridConfig = GridConfig(), *, cache: Path | None = None
 ) -> ReadProduct:
-    """Read ``product`` into an analysis-ready GeoTIFF in the cache (reused when up to date)."""
+    """Read ``product`` into an analysis-ready GeoTIFF in the cache (reused when up to date).
+
+    The cache key covers the product's identity (names, sizes, mtimes), the products settings and
+    ``grid.crs`` / ``grid.resolution``. An archive is extracted safely under ``cache/extracted``, and
+    the extracted copy is removed once read.
+
+    Args:
+        product: the recognised product (see :func:`recognise`).
+        settings: the products config.
+        grid: the grid config (its ``crs`` and ``resolution`` shape RPC orthorectification).
+        cache: the cache folder; None uses ``settings.cache``, else :func:`default_cache`.
+
+    Returns:
+        The ReadProduct; the GeoTIFF is ``cache/products/{name}-{key}.tif``.
+
+    Raises:
+        InputError: the archive is refused or corrupt, or the product is incomplete or malformed
+            (the message names the product).
+        rasterio.errors.RasterioError: GDAL fails on the product's files (the catalog reports it as an
+            InputError naming the product).
+    """
     cache = Path(cache or settings.cache or default_cache())
     key = cache_key(
         product.sensor.value, product.name, source_fingerprint(product.path),

@@ -37,12 +37,27 @@ class Limits:
 
 
 def is_archive(path: Path) -> bool:
+    """Whether ``path`` is an existing file with an archive suffix (.zip, .tar, .tar.gz, .tgz).
+
+    Args:
+        path: any path; the suffix decides, not the content.
+
+    Returns:
+        True for an existing archive file.
+    """
     name = path.name.lower()
     return path.is_file() and name.endswith(ARCHIVE_SUFFIXES)
 
 
 def archive_stem(path: Path) -> str:
-    """The archive's name without its archive suffix (``X.SAFE.zip`` → ``X.SAFE``)."""
+    """The archive's name without its archive suffix (``X.SAFE.zip`` → ``X.SAFE``).
+
+    Args:
+        path: the archive.
+
+    Returns:
+        The file name without the longest matching archive suffix (the whole name when none matches).
+    """
     name = path.name
     for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
@@ -63,7 +78,19 @@ def _safe_name(archive: Path, name: str) -> PurePosixPath | None:
 
 
 def list_members(archive: Path, limits: Limits = Limits()) -> list[str]:
-    """Names of the archive's regular files (checked like an extraction, nothing written)."""
+    """Names of the archive's regular files (checked like an extraction, nothing written).
+
+    Args:
+        archive: a .zip, .tar, .tar.gz or .tgz file.
+        limits: the member cap (``max_members``) applied.
+
+    Returns:
+        The relative POSIX paths of the regular files, in archive order.
+
+    Raises:
+        InputError: the archive is unreadable, has too many members, or a member is absolute, climbs
+            out with ``..``, is a link, or is not a regular file or folder (names the archive).
+    """
     return [str(name) for name, _ in _members(archive, limits)]
 
 
@@ -110,7 +137,24 @@ def _check_count(archive: Path, count: int, limits: Limits) -> None:
 
 
 def extract(archive: Path, destination: Path, limits: Limits = Limits()) -> Path:
-    """Extract ``archive`` into ``destination`` (created; reused when already complete)."""
+    """Extract ``archive`` into ``destination`` (created; reused when already complete).
+
+    Extraction goes to a hidden ``.{name}.partial`` folder beside ``destination``, renamed when
+    complete; on any failure it is removed.
+
+    Args:
+        archive: a .zip, .tar, .tar.gz or .tgz file.
+        destination: the folder to extract into; an existing folder is returned as it is.
+        limits: caps on the member count and on the bytes actually written.
+
+    Returns:
+        ``destination``.
+
+    Raises:
+        InputError: the archive is unreadable or corrupt, a member is refused (see :func:`list_members`),
+            or the caps are exceeded (names the archive).
+        OSError: the files cannot be written (e.g. disk full).
+    """
     if destination.is_dir():
         return destination
     members = _members(archive, limits)

@@ -58,7 +58,14 @@ IMAGE_SUFFIXES = (".tiff", ".tif")
 
 
 def product_name(name: str) -> str | None:
-    """``GF2_PMS1_..._L1A0004781234`` from any file or folder name of the product, else None."""
+    """``GF2_PMS1_..._L1A0004781234`` from any file or folder name of the product, else None.
+
+    Args:
+        name: a file or folder name, e.g. ``GF2_PMS1_E113.6_N23.1_20200501_L1A0004781234-MSS1.tiff``.
+
+    Returns:
+        The product id (up to the L1A number), or None when the name is no GF-2 product name.
+    """
     match = NAME.match(name)
     if match is None:
         return None
@@ -66,12 +73,32 @@ def product_name(name: str) -> str | None:
 
 
 def is_image(name: str, kind: str) -> bool:
+    """Whether ``name`` is the GF-2 image file of ``kind``.
+
+    Args:
+        name: a file name.
+        kind: ``"MSS"`` or ``"PAN"`` (upper case).
+
+    Returns:
+        True for ``…-MSS1.tiff`` / ``…-PAN2.tif``-style names of that kind.
+    """
     match = NAME.match(name)
     return bool(match and (match["kind"] or "").upper() == kind and name.lower().endswith(IMAGE_SUFFIXES))
 
 
 def locate(root: Path, product: Path) -> tuple[Path, Path | None]:
-    """The MSS image (and the PAN image, if any) of the product found at ``root``."""
+    """The MSS image (and the PAN image, if any) of the product found at ``root``.
+
+    Args:
+        root: the product folder (searched 3 levels deep) or one of its files (its siblings are used).
+        product: the product as delivered, named in errors.
+
+    Returns:
+        The MSS image and the PAN image (None when there is none).
+
+    Raises:
+        InputError: the product has no MSS image, or several.
+    """
     if root.is_file():
         wanted = product_name(root.name)
         files = [p for p in root.parent.iterdir() if product_name(p.name) == wanted]
@@ -94,7 +121,21 @@ def _sidecar(image: Path, suffix: str, product: Path) -> Path:
 
 
 def read_metadata(xml: Path, product: Path) -> dict:
-    """Acquisition time, camera, corners, cloud cover and GSD from a GF-2 XML."""
+    """Acquisition time, camera, corners, cloud cover and GSD from a GF-2 XML.
+
+    Args:
+        xml: the MSS image's XML (``ProductMetaData``).
+        product: the product as delivered, named in errors.
+
+    Returns:
+        ``satellite``, ``camera`` (e.g. "PMS1", "" if absent), ``acquired`` (datetime),
+        ``cloud_percent``, ``gsd`` (m), ``corners`` ({corner: (lon, lat)}, only those given),
+        ``product_id``, ``width`` and ``height`` (None where absent).
+
+    Raises:
+        InputError: the XML is missing or malformed, its root is not ``ProductMetaData``, or it has
+            no readable CenterTime / StartTime / ReceiveTime.
+    """
     root = parse_xml(xml, product)
     if root.tag.rsplit("}", 1)[-1] != "ProductMetaData":
         raise InputError(product, f"malformed XML in {xml.name}: root element is <{root.tag}>, expected <ProductMetaData>")
@@ -133,7 +174,27 @@ def _calibration(settings: ProductsConfig, camera: str, names: tuple[str, ...], 
 
 
 def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: GridConfig, out: Path) -> ReadProduct:
-    """Orthorectify (and optionally calibrate) the GF-2 product at ``root`` into ``out``."""
+    """Orthorectify (and optionally calibrate) the GF-2 product at ``root`` into ``out``.
+
+    See the module docstring for the target CRS and pixel size, PAN and calibration.
+
+    Args:
+        root: the product folder or one of its files, extracted if delivered as an archive.
+        product: the product as delivered, named in errors.
+        name: the product id, written as the ``PRODUCT_ID`` tag.
+        settings: the products config (``crs``, ``resolution``, ``height``, ``dem``, ``dem_srs``, ``gf2``).
+        grid: the grid config; its ``crs`` and ``resolution`` apply when ``products`` sets none.
+        out: the GeoTIFF to write (atomically).
+
+    Returns:
+        The ReadProduct (path ``out``, bands blue, green, red, nir [, pan], acquisition time, tags).
+
+    Raises:
+        InputError: the MSS image, its .xml or .rpb (or the PAN image with ``gf2.pan``) is missing or
+            unreadable; the MSS image has other than 4 bands; ``gf2.calibration`` lacks the camera or a
+            band; or the XML corners and the RPCs disagree by more than 5 km. The message names the product.
+        rasterio.errors.RasterioError: GDAL fails to orthorectify (e.g. an unreadable DEM).
+    """
     mss, pan = locate(root, product)
     meta = read_metadata(_sidecar(mss, ".xml", product), product)
     rpc = rpcs.read_rpc(_sidecar(mss, ".rpb", product))
