@@ -49,6 +49,8 @@ LabelEncoding = Literal["change01", "binary255"]
 
 
 class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors and values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -109,6 +111,8 @@ class CoregistrationConfig(StrictModel):
 
 
 class TilingConfig(StrictModel):
+    """Tiles of ``size`` px every ``stride`` px (stride ≤ size), with the black-tile and duplicate filters."""
+
     size: int = Field(default=512, ge=16)
     stride: int = Field(default=256, ge=1)
     black_threshold: float = Field(
@@ -129,6 +133,8 @@ class TilingConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
+    """Train/val/test fractions (summing to 1) of spatial blocks of ``block_tiles`` tile sizes, seeded."""
+
     train: float = Field(default=0.7, ge=0, le=1)
     val: float = Field(default=0.15, ge=0, le=1)
     test: float = Field(default=0.15, ge=0, le=1)
@@ -456,6 +462,8 @@ class TrainConfig(StrictModel):
 
 
 class VectorizeConfig(StrictModel):
+    """Change polygons: sieve small regions, drop small polygons, simplify."""
+
     sieve_px: int = Field(default=16, ge=0, description="Regions smaller than this (px) are merged away.")
     min_area_m2: float = Field(default=50.0, ge=0)
     simplify_px: float = Field(default=1.0, ge=0, description="Topology-preserving, in pixels.")
