@@ -21,11 +21,11 @@ from pathlib import Path
 from prefect import flow
 
 from flows.detect import detect_one
-from flows.prepare import process_group
 from pipeline.config import IngestConfig, PrepareConfig, load_config
 from pipeline.detect.sliding import new_run_id
 from pipeline.errors import ChangeflowError
 from pipeline.prepare.catalog import build_catalog, scan_inbox
+from pipeline.prepare.group_build import process_group
 from pipeline.prepare.inbox import Workspace, archive, claim_new_scenes, reject
 from pipeline.prepare.overlap import build_groups
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import write_atomic
 from pipeline.prepare.catalog import INBOX_PATTERN
 from pipeline.products import archive as product_archive
 from pipeline.products import recognise
@@ -123,10 +124,7 @@ def _read_json(path: Path) -> dict:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write by rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def read_registry(workspace: Workspace) -> dict[str, dict]:

@@ -7,7 +7,6 @@ layer as its index.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pandas as pd
 from rasterio.crs import CRS
 from shapely.geometry import Point, box
 
+from pipeline.io.atomic import atomic_path
 from pipeline.prepare.catalog import Scene
 from pipeline.prepare.overlap import Group, footprint_in, reproject_geometry
 from pipeline.prepare.tiling import TileRecord
@@ -101,17 +101,21 @@ def tiles_frame(
 
 
 def write_index(path: Path, frames: dict[str, gpd.GeoDataFrame]) -> None:
-    """Write all layers to a new GeoPackage, then rename it over the old one (atomic)."""
-    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
-    partial.unlink(missing_ok=True)
-    with warnings.catch_warnings():
+    """Write all layers to a new GeoPackage, then rename it over the old one (atomic).
+
+    Args:
+        path: the GeoPackage to write.
+        frames: layer name → its rows; an empty frame still becomes an (empty) layer.
+    """
+    with atomic_path(path) as partial, warnings.catch_warnings():
+        # A killed run of a process with the same id may have left layers there; GPKG would add to them.
+        partial.unlink(missing_ok=True)
         # Pixel-space runs have no CRS by design.
         warnings.filterwarnings("ignore", message="'crs' was not provided")
         for layer, frame in frames.items():
             if frame.empty:
                 frame = gpd.GeoDataFrame(frame, geometry=gpd.GeoSeries([], crs=frame.crs))
             frame.to_file(partial, layer=layer, driver="GPKG", engine="pyogrio")
-    os.replace(partial, path)
 
 
 def read_tiles(path: Path) -> pd.DataFrame:

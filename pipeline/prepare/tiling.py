@@ -8,7 +8,6 @@ exact and the last window sits flush with the block edge (no zero padding, unlik
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.config import Role, TilingConfig
+from pipeline.io.atomic import atomic_path
 from pipeline.io.raster import NODATA_U8, is_integer, read_window
 from pipeline.prepare.grid import GroupGrid
 
@@ -95,13 +95,10 @@ def tile_windows(group: str, grid: GroupGrid, config: TilingConfig, block_tiles:
 
 def _write_tile(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata) -> None:
     """One GeoTIFF tile, atomically (temporary name, then rename); deterministic bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     predictor = 2 if is_integer(data.dtype) else 3
-    with warnings.catch_warnings():
+    with atomic_path(path) as partial, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pixel-space tiles
         _write_geotiff(partial, data, source, transform, nodata, predictor)
-    os.replace(partial, path)
 
 
 def _write_geotiff(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata, predictor: int) -> None:

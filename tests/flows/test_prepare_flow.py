@@ -12,9 +12,10 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 
-from flows.prepare import prepare_flow, process_group, run_prepare
+from flows.prepare import prepare_flow, run_prepare
 from pipeline.config import load_config
 from pipeline.prepare.catalog import build_catalog, scene_entries
+from pipeline.prepare.group_build import process_group
 from pipeline.prepare.overlap import build_groups
 from pipeline.synthetic.scenes import write_synthetic_group
 from tests.conftest import write_raster

@@ -6,9 +6,9 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from flows.prepare import process_group
 from pipeline.config import PrepareConfig
 from pipeline.prepare.catalog import build_catalog
+from pipeline.prepare.group_build import process_group
 from pipeline.prepare.overlap import build_groups
 
 SIZE = 320

@@ -1,0 +1,186 @@
+"""Assembly of the built groups into one training set.
+
+Tiles that cover the same ground in several groups are de-duplicated, the rest are split by spatial
+blocks and hard-linked from the group folders into ``OUT/tiles/{split}/{role}``; the GeoPackage
+index gets the scenes, groups, tie points and tiles.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import geopandas as gpd
+from affine import Affine
+from rasterio.crs import CRS
+from shapely.geometry import box
+
+from pipeline.config import PrepareConfig
+from pipeline.prepare.catalog import Scene
+from pipeline.prepare.group_build import GroupOutcome
+from pipeline.prepare.overlap import Group, reproject_geometry
+from pipeline.prepare.split import BlockStats, assign_splits, isolation_conflicts
+from pipeline.prepare.tile_index import groups_frame, scenes_frame, tiepoints_frame, tiles_frame
+from pipeline.prepare.tiling import TileRecord, find_duplicates
+
+
+def assemble(
+    outcomes: list[GroupOutcome], crs: CRS | None, config: PrepareConfig, out_dir: Path
+) -> tuple[dict[str, str], dict[str, int], dict[str, CRS | None]]:
+    """De-duplicate across groups, split by blocks, and link the tiles into ``OUT/tiles/{split}``.
+
+    The tile folders are staged and swapped in whole, replacing those of an earlier run.
+
+    Args:
+        outcomes: the groups that were prepared or skipped (not failed).
+        crs: the run's common CRS (None for pixel-space runs).
+        config: the prepare config (de-duplication overlap, split ratios and seed).
+        out_dir: the prepare output folder ``OUT``, holding ``groups/``.
+
+    Returns:
+        Tile id → split, counts of dropped tiles by reason, group → grid CRS.
+    """
+    grid_crs = {o.name: _grid_crs(o) for o in outcomes}
+    records = [t for o in sorted(outcomes, key=lambda o: o.name) for t in o.tiles]
+    footprint = {
+        t.tile_id: reproject_geometry(box(*t.bounds), grid_crs[t.group], crs) for t in records
+    }
+    duplicates = set(
+        find_duplicates([(t.tile_id, t.group, footprint[t.tile_id]) for t in records], config.tiling.dedup_overlap)
+    )
+    records = [t for t in records if t.tile_id not in duplicates]
+    block_split = assign_splits(_block_stats(records), config.split.ratios, config.split.seed)
+    splits = {t.tile_id: block_split[(t.group, *t.block)] for t in records}
+    conflicts = set(isolation_conflicts([(t.tile_id, splits[t.tile_id], footprint[t.tile_id]) for t in records]))
+    for tile_id in conflicts:
+        del splits[tile_id]
+    _link_tiles(records, splits, out_dir)
+    return splits, {"duplicate": len(duplicates), "split_isolation": len(conflicts)}, grid_crs
+
+
+def _block_stats(records: list[TileRecord]) -> dict[tuple[str, int, int], BlockStats]:
+    blocks: dict[tuple[str, int, int], BlockStats] = {}
+    for t in records:
+        key = (t.group, *t.block)
+        old = blocks.get(key, BlockStats(0, 0, 0))
+        blocks[key] = BlockStats(old.tiles + 1, old.change_pixels + t.change_pixels, old.labelled_pixels + t.labelled_pixels)
+    return blocks
+
+
+def _link_tiles(records: list[TileRecord], splits: dict[str, str], out_dir: Path) -> None:
+    """Link the split tiles into a staging folder, then swap it in as ``OUT/tiles``."""
+    staging = out_dir / "tiles.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    for t in records:
+        if t.tile_id not in splits:
+            continue
+        source_dir = out_dir / "groups" / t.group / "tiles"
+        for role_dir in sorted(source_dir.iterdir()):
+            target = staging / splits[t.tile_id] / role_dir.name / f"{t.tile_id}.tif"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(role_dir / f"{t.tile_id}.tif", target)
+    final = out_dir / "tiles"
+    old = out_dir / "tiles.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    staging.mkdir(exist_ok=True)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # Hard links cost no space; a file system without them gets a copy.
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _grid_crs(outcome: GroupOutcome) -> CRS | None:
+    wkt = outcome.grid["crs"] if outcome.grid else None
+    return CRS.from_wkt(wkt) if wkt else None
+
+
+def index_frames(
+    scenes: list[Scene], groups: list[Group], outcomes: list[GroupOutcome], splits: dict[str, str],
+    grid_crs: dict[str, CRS | None], crs: CRS | None,
+) -> dict[str, gpd.GeoDataFrame]:
+    """The layers of the GeoPackage index, for :func:`~pipeline.prepare.tile_index.write_index`.
+
+    Args:
+        scenes: every scene of the catalog.
+        groups: every overlap group.
+        outcomes: the outcome of every group, failed ones included (they are left out of the index).
+        splits: tile id → split, as returned by :func:`assemble`.
+        grid_crs: group → grid CRS, as returned by :func:`assemble`.
+        crs: the run's common CRS (None for pixel-space runs).
+
+    Returns:
+        Layer name (scenes, groups, tiepoints, tiles) → its rows.
+    """
+    done = {o.name for o in outcomes if o.status != "failed"}
+    return {
+        "scenes": scenes_frame(scenes, crs),
+        "groups": groups_frame([g for g in groups if g.name in done], crs),
+        "tiepoints": tiepoints_frame(tiepoint_rows(outcomes, grid_crs), crs),
+        "tiles": tiles_frame(assigned_tiles(outcomes, splits), splits, grid_crs, crs),
+    }
+
+
+def assigned_tiles(outcomes: list[GroupOutcome], splits: dict[str, str]) -> list[TileRecord]:
+    """The tiles that went to a split, in group order.
+
+    Args:
+        outcomes: the outcome of every group.
+        splits: tile id → split, as returned by :func:`assemble`.
+
+    Returns:
+        The records of the tiles in ``splits``.
+    """
+    return [t for o in outcomes if o.status != "failed" for t in o.tiles if t.tile_id in splits]
+
+
+def tiepoint_rows(outcomes: list[GroupOutcome], grid_crs: dict[str, CRS | None]) -> list[dict]:
+    """One row per co-registration tie point, placed on the map through its group's grid.
+
+    Args:
+        outcomes: the outcome of every group.
+        grid_crs: group → grid CRS, as returned by :func:`assemble`.
+
+    Returns:
+        Rows for :func:`~pipeline.prepare.tile_index.tiepoints_frame`.
+    """
+    transforms = {o.name: Affine(*o.grid["transform"]) for o in outcomes if o.grid}
+    rows = []
+    for record in (r for o in outcomes for r in o.coregistration):
+        for point in record["points"]:
+            map_x, map_y = transforms[record["group"]] @ (point["x"], point["y"])
+            rows.append({
+                "group_name": record["group"], "image": record["image"], "x_px": point["x"], "y_px": point["y"],
+                "dx_px": point["dx"], "dy_px": point["dy"], "reliability": point["reliability"],
+                "inlier": point["inlier"], "map_x": map_x, "map_y": map_y, "grid_crs": grid_crs[record["group"]],
+            })
+    return rows
+
+
+def split_summary(records: list[TileRecord], splits: dict[str, str]) -> dict[str, dict]:
+    """Tiles and change fraction (changed / labelled pixels) of each split.
+
+    Args:
+        records: the tiles that went to a split.
+        splits: tile id → split.
+
+    Returns:
+        Split name (train, val, test) → ``{"tiles": n, "change_fraction": f}``; f is None without labels.
+    """
+    summary = {}
+    for split in ("train", "val", "test"):
+        chosen = [t for t in records if splits.get(t.tile_id) == split]
+        labelled = sum(t.labelled_pixels for t in chosen)
+        summary[split] = {
+            "tiles": len(chosen),
+            "change_fraction": sum(t.change_pixels for t in chosen) / labelled if labelled else None,
+        }
+    return summary

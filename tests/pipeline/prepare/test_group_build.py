@@ -1,0 +1,65 @@
+"""Building one group: a manifest with a fingerprint makes a rerun skip it; a failure leaves nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.errors import GroupError
+from pipeline.prepare.catalog import build_catalog, scene_entries
+from pipeline.prepare.group_build import MANIFEST, group_fingerprint, process_group
+from pipeline.prepare.overlap import build_groups
+from pipeline.synthetic.scenes import write_synthetic_group
+
+
+@pytest.fixture(scope="module")
+def scene_list(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes")
+    write_synthetic_group(root / "g1", name="g1", size=512, seed=1)
+    return root / "g1" / "g1_scenes.yaml"
+
+
+def _group(scene_list, tmp_path, **settings):
+    settings = {"tiling": {"size": 128, "stride": 128}, "split": {"block_tiles": 1}, **settings}
+    path = tmp_path / f"run{len(list(tmp_path.glob('run*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump({"scene_list": str(scene_list), **settings}))
+    config = load_config(path)
+    scenes, _ = build_catalog(scene_entries(config), config)
+    groups, _, crs = build_groups(scenes, config.min_overlap)
+    return groups[0], crs, config
+
+
+def test_a_built_group_is_skipped_while_its_fingerprint_holds(scene_list, tmp_path):
+    group, crs, config = _group(scene_list, tmp_path)
+    built = process_group(group, crs, config, tmp_path / "out")
+    assert built.status == "prepared" and built.tiles
+    assert (tmp_path / "out" / "groups" / "g1" / MANIFEST).exists()
+    assert [p.name for p in (tmp_path / "out" / "groups").iterdir()] == ["g1"]
+    skipped = process_group(group, crs, config, tmp_path / "out")
+    assert skipped.status == "skipped"
+    assert (skipped.tiles, skipped.grid, skipped.coregistration) == (built.tiles, built.grid, built.coregistration)
+
+
+def test_the_fingerprint_follows_inputs_and_tile_settings(scene_list, tmp_path):
+    group, _, config = _group(scene_list, tmp_path)
+    fingerprint = group_fingerprint(group, config)
+    assert group_fingerprint(group, config) == fingerprint
+    _, _, other_seed = _group(scene_list, tmp_path, split={"block_tiles": 1, "seed": 7})
+    assert group_fingerprint(group, other_seed) == fingerprint  # the split is assigned later
+    _, _, other_size = _group(scene_list, tmp_path, tiling={"size": 64, "stride": 64})
+    assert group_fingerprint(group, other_size) != fingerprint
+    image = group.reference.path
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 1_000_000_000))
+    assert group_fingerprint(group, config) != fingerprint
+
+
+def test_a_group_with_every_image_refused_fails_and_leaves_nothing(scene_list, tmp_path):
+    group, crs, config = _group(
+        scene_list, tmp_path, coregistration={"max_rmse_px": 1e-9, "min_reliability": 100}
+    )
+    with pytest.raises(GroupError, match="no image left after co-registration"):
+        process_group(group, crs, config, tmp_path / "out")
+    assert list((tmp_path / "out" / "groups").iterdir()) == []
