@@ -165,7 +165,7 @@ def group_for_size(size: int, args: argparse.Namespace, created: list[Path]) -> 
         free = _free_gb(args.workdir)
         if free < need_gb:
             raise SystemExit(f"not enough disk in {args.workdir}: {free:.0f} GB free, ~{need_gb:.0f} GB needed")
-        from pipeline.synthetic.scenes import write_large_group
+        from pipeline.synthetic.large import write_large_group
 
         print(f"[{size}] writing the synthetic group in {scenes} ...", flush=True)
         t0 = time.time()
@@ -198,7 +198,11 @@ def detect_child(spec_path: str) -> int:
 
     import torch
 
+    import pipeline.detect.accumulate as accumulate
+    import pipeline.detect.output as output
+    import pipeline.detect.reading as reading
     import pipeline.detect.sliding as d
+    from pipeline.detect.staging import Staging
     from pipeline.learn.device import resolve_device
 
     if spec.get("torch_threads"):
@@ -215,7 +219,7 @@ def detect_child(spec_path: str) -> int:
     lock = threading.Lock()
 
     if breakdown:
-        predict = d._predict
+        predict = accumulate.predict
 
         def timed_predict(model, t1, t2, tta, text=None):
             sync()
@@ -228,7 +232,7 @@ def detect_child(spec_path: str) -> int:
             stats["batch_sizes"].append(int(t1.shape[0]))
             return out
 
-        prefetched = d._prefetched
+        prefetched = reading.prefetched
 
         def timed_prefetched(*args, **kwargs):
             stats["t_loop"], stats["wall_loop"] = perf(), time.time()
@@ -249,7 +253,7 @@ def detect_child(spec_path: str) -> int:
 
             return waiting()
 
-        read = d._WindowReader.read
+        read = reading.WindowReader.read
 
         def timed_read(self, offsets):
             t0 = perf()
@@ -272,7 +276,7 @@ def detect_child(spec_path: str) -> int:
 
             setattr(cls, name, wrapper)
 
-        write_cog = d.write_cog_from_blocks
+        write_cog = output.write_cog_from_blocks
 
         def timed_cog(*args, **kwargs):
             t0 = perf()
@@ -283,18 +287,19 @@ def detect_child(spec_path: str) -> int:
             finally:
                 stats["cog_s"] += perf() - t0
 
-        d._predict = timed_predict
-        d._prefetched = timed_prefetched
-        d._WindowReader.read = timed_read
+        accumulate.predict = timed_predict
+        reading.prefetched = timed_prefetched
+        reading.WindowReader.read = timed_read
         for name in ("finish_block", "save_carry"):
-            timed_method(d._Staging, name)
-        d.write_cog_from_blocks = timed_cog
+            timed_method(Staging, name)
+        output.write_cog_from_blocks = timed_cog
 
     t_imported = time.time()
     cpu0 = time.process_time()
     wall0 = time.time()
     t0 = perf()
-    result = d.detect_group(Path(spec["group"]), Path(spec["checkpoint"]), Path(spec["out"]), **spec["kwargs"])
+    result = d.detect_group(Path(spec["group"]), Path(spec["checkpoint"]), Path(spec["out"]),
+                            d.DetectSettings(**spec["kwargs"]))
     t1 = perf()
     if cuda:
         torch.cuda.synchronize()
@@ -338,7 +343,10 @@ def reference_child(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     import torch
 
-    import pipeline.detect.sliding as d
+    from pipeline.detect.inference import build_model, predict
+    from pipeline.detect.inputs import check_inputs
+    from pipeline.detect.reading import WindowReader
+    from pipeline.detect.windows import window_starts
     from pipeline.learn.checkpoint import load_checkpoint
     from pipeline.learn.device import resolve_device
     from pipeline.learn.normalization import BandStats
@@ -349,19 +357,19 @@ def reference_child(spec_path: str) -> int:
     device = resolve_device(spec["device"])
     checkpoint = Path(spec["checkpoint"])
     payload = load_checkpoint(checkpoint)
-    inputs = d._check_inputs(Path(spec["group"]), checkpoint, payload)
+    inputs = check_inputs(Path(spec["group"]), checkpoint, payload)
     stats = {role: BandStats.from_dict(payload["normalization"][role]) for role in inputs.paths}
-    model = d._build_model(checkpoint, payload, device)
+    model = build_model(checkpoint, payload, device)
     window = spec["window"]
     shape = (min(window, inputs.height), min(window, inputs.width))
     sizes: list[int] = spec["batch_sizes"]
     biggest = max(sizes)
     # one batch of real windows from the middle of the scene, normalised as detect does
-    rows = d.window_starts(inputs.height, shape[0], spec["overlap"])
-    cols = d.window_starts(inputs.width, shape[1], spec["overlap"])
+    rows = window_starts(inputs.height, shape[0], spec["overlap"])
+    cols = window_starts(inputs.width, shape[1], spec["overlap"])
     r = rows[len(rows) // 2]
     offsets = [(r, cols[(len(cols) // 2 + k) % len(cols)]) for k in range(biggest)]
-    reader = d._WindowReader(inputs, stats, shape, pin=False)
+    reader = WindowReader(inputs, stats, shape, pin=False)
     (t1, t2), _ = reader.read(offsets)
     reader.close()
     t1, t2 = t1.to(device), t2.to(device)
@@ -374,12 +382,12 @@ def reference_child(spec_path: str) -> int:
         timed_sizes.append(n)
         total += n
     with torch.inference_mode():
-        d._predict(model, t1[:biggest], t2[:biggest], spec["tta"])  # warm-up, not timed
+        predict(model, t1[:biggest], t2[:biggest], spec["tta"])  # warm-up, not timed
         sync()
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         for n in timed_sizes:
-            d._predict(model, t1[:n], t2[:n], spec["tta"])
+            predict(model, t1[:n], t2[:n], spec["tta"])
         sync()
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - cpu0
@@ -405,7 +413,7 @@ def _layout_batches(group: Path, window: int, overlap: float, block: int, batch:
     """Batch sizes detect would run without any nodata-only window (used with --no-breakdown)."""
     import rasterio
 
-    from pipeline.detect.sliding import plan
+    from pipeline.detect.windows import plan
 
     with rasterio.open(group / "grid" / "A.tif") as dataset:
         layout = plan(dataset.height, dataset.width, window, overlap, block)

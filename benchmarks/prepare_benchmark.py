@@ -506,7 +506,7 @@ def _mps(size: int, seconds: float | None) -> float | None:
 
 
 def bench_size(size: int, args: argparse.Namespace) -> dict:
-    from pipeline.synthetic.scenes import write_large_group
+    from pipeline.synthetic.large import write_large_group
 
     work = args.workdir / f"n{size}"
     scenes = work / "scenes"

@@ -14,12 +14,10 @@ from scipy import ndimage
 from skimage.registration import phase_cross_correlation
 
 from pipeline.config import PrepareConfig, Role, Sensor, load_config
-from pipeline.synthetic.scenes import (
-    SyntheticGroup,
-    simulate_sar_amplitude,
-    write_large_group,
-    write_synthetic_group,
-)
+from pipeline.synthetic.group import SyntheticGroup
+from pipeline.synthetic.large import write_large_group
+from pipeline.synthetic.sar import simulate_sar_amplitude
+from pipeline.synthetic.scenes import write_synthetic_group
 
 SIZE = 768
 
@@ -197,7 +195,7 @@ def test_same_seed_gives_identical_files(tmp_path):
         assert _digest(first.paths[role]) != _digest(other.paths[role]), role
     assert first.scene_list.read_text() == second.scene_list.read_text()
     assert first.change_fraction == second.change_fraction
-    assert not list(tmp_path.rglob("*.tmp*"))  # written atomically
+    assert not list(tmp_path.rglob("*.partial*"))  # written atomically
 
 
 def test_optical_t2_shift_sign_and_size(group):
