@@ -20,8 +20,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.detect import detect_one
+from flows.gpu import gpu_slot, uses_gpu
 from pipeline.config import IngestConfig, PrepareConfig, load_config
+from pipeline.detect.group_run import run_group
 from pipeline.detect.sliding import new_run_id
 from pipeline.errors import ChangeflowError
 from pipeline.prepare.catalog import build_catalog, scan_inbox
@@ -63,9 +64,9 @@ def ingest_flow(config_path: str) -> dict:
             continue
         try:
             process_group(group, crs, prepare_config, workspace.root / "prepared")
-            summary = detect_one(
+            summary = run_group(
                 workspace.root / "prepared" / "groups" / group.name, detect_config,
-                workspace.root / "detections" / group.name, False,
+                workspace.root / "detections" / group.name, device_slot=gpu_slot(uses_gpu(detect_config.device)),
             )
             report["groups"][group.name] = {"polygons": summary["polygons"], "n_polygons": summary["n_polygons"]}
         except (ChangeflowError, ValueError) as exc:

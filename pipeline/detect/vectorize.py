@@ -51,8 +51,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label as label_regions
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import atomic_path
 from pipeline.io.raster import NODATA_U8, open_raster, read_window
 
 log = logging.getLogger(__name__)
@@ -303,57 +304,45 @@ def check_same_grid(first: rasterio.io.DatasetReader, second: rasterio.io.Datase
         raise InputError(second.name, f"grid (CRS / transform) differs from {first.name}")
 
 
-def polygonize(
-    classes: Path | None,
-    probability: Path | None = None,
-    *,
-    threshold: float | None = None,
-    sieve_px: int = 16,
-    min_area_m2: float = 50.0,
-    simplify_px: float = 1.0,
-    block_size: int = 2048,
-) -> gpd.GeoDataFrame:
-    """Polygons of the non-zero classes, with columns class, area_m2, perimeter_m, mean_prob,
-    max_prob, n_pixels, in the raster's CRS. See the module docstring for the steps."""
-    if threshold is None and classes is None:
-        raise ValueError("give a class raster, or a probability raster and a threshold")
-    if threshold is not None and probability is None:
-        raise ValueError("a threshold needs a probability raster")
-    source = Path(probability if threshold is not None else classes)
-    with open_raster(source) as base:
-        crs, transform, width, height = base.crs, base.transform, base.width, base.height
-        cls_ds = None if threshold is not None else base
-        with (open_raster(probability) if probability is not None else _null()) as prob_ds:
-            if prob_ds is not None and threshold is None:
-                check_same_grid(base, prob_ds)
-            pieces = _Pieces()
-            margin = sieve_px + 1 if sieve_px > 1 else 0
-            for row_off in range(0, height, block_size):
-                for col_off in range(0, width, block_size):
-                    core = Window(col_off, row_off, min(block_size, width - col_off), min(block_size, height - row_off))
-                    outer = _expand(core, margin, width, height)
-                    if cls_ds is not None:
-                        block, valid = _class_block(cls_ds, outer)
-                    else:
-                        prob_outer = probability_block(prob_ds, outer)
-                        valid = np.isfinite(prob_outer)
-                        block = (np.nan_to_num(prob_outer, nan=0.0) >= threshold).astype(np.uint8)
-                    if not valid.any():
-                        continue
-                    if margin:
-                        block = sieve(block, size=sieve_px, connectivity=4, mask=valid)
-                    inner = (
-                        slice(int(core.row_off - outer.row_off), int(core.row_off - outer.row_off + core.height)),
-                        slice(int(core.col_off - outer.col_off), int(core.col_off - outer.col_off + core.width)),
-                    )
-                    if prob_ds is None:
-                        prob = None
-                    elif cls_ds is None:
-                        prob = prob_outer[inner]
-                    else:
-                        prob = probability_block(prob_ds, core)
-                    _polygonise_block(block[inner], valid[inner], prob, core, (height, width), pieces)
-    frame = pd.DataFrame(
+def _block_pieces(
+    cls_ds: rasterio.io.DatasetReader | None,
+    prob_ds: rasterio.io.DatasetReader | None,
+    core: Window,
+    margin: int,
+    threshold: float | None,
+    sieve_px: int,
+    pieces: _Pieces,
+) -> None:
+    """Classify, sieve (on the core plus ``margin``) and polygonise one core block into ``pieces``."""
+    base = cls_ds if cls_ds is not None else prob_ds
+    width, height = base.width, base.height
+    outer = _expand(core, margin, width, height)
+    if cls_ds is not None:
+        block, valid = _class_block(cls_ds, outer)
+    else:
+        prob_outer = probability_block(prob_ds, outer)
+        valid = np.isfinite(prob_outer)
+        block = (np.nan_to_num(prob_outer, nan=0.0) >= threshold).astype(np.uint8)
+    if not valid.any():
+        return
+    if margin:
+        block = sieve(block, size=sieve_px, connectivity=4, mask=valid)
+    inner = (
+        slice(int(core.row_off - outer.row_off), int(core.row_off - outer.row_off + core.height)),
+        slice(int(core.col_off - outer.col_off), int(core.col_off - outer.col_off + core.width)),
+    )
+    if prob_ds is None:
+        prob = None
+    elif cls_ds is None:
+        prob = prob_outer[inner]
+    else:
+        prob = probability_block(prob_ds, core)
+    _polygonise_block(block[inner], valid[inner], prob, core, (height, width), pieces)
+
+
+def _pieces_frame(pieces: _Pieces) -> pd.DataFrame:
+    """The pieces as a frame with one typed column per statistic."""
+    return pd.DataFrame(
         {
             "geometry": pieces.geometry,
             "class": np.asarray(pieces.cls, dtype=np.int64),
@@ -364,7 +353,10 @@ def polygonize(
             "on_seam": np.asarray(pieces.on_seam, dtype=bool),
         }
     )
-    frame = _merge_seams(frame)
+
+
+def _polygons(frame: pd.DataFrame, transform: Affine, crs: object, min_area_m2: float, simplify_px: float) -> gpd.GeoDataFrame:
+    """Merged pieces → valid, large enough, simplified polygons in map coordinates with their columns."""
     geoms = _make_valid(frame["geometry"].to_numpy())
     exact = gpd.GeoSeries(to_map(geoms, transform), crs=crs)
     metric, factor = metric_series(exact)
@@ -384,12 +376,55 @@ def polygonize(
     return out[["class", "area_m2", "perimeter_m", "mean_prob", "max_prob", "n_pixels", "geometry"]]
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
+def polygonize(
+    classes: Path | None,
+    probability: Path | None = None,
+    *,
+    threshold: float | None = None,
+    sieve_px: int = 16,
+    min_area_m2: float = 50.0,
+    simplify_px: float = 1.0,
+    block_size: int = 2048,
+) -> gpd.GeoDataFrame:
+    """Polygons of the non-zero classes of a change raster. See the module docstring for the steps.
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    Args:
+        classes: the class raster, or None to threshold ``probability``.
+        probability: the probability raster, for the zonal statistics (and the classes with a threshold).
+        threshold: None to use ``classes``; a value gives the classes ``probability >= threshold``.
+        sieve_px: regions smaller than this many pixels are merged into their largest neighbour.
+        min_area_m2: polygons of a smaller exact pixel area are dropped.
+        simplify_px: simplification tolerance in pixels (0: none).
+        block_size: block side in pixels.
+
+    Returns:
+        Columns class, area_m2, perimeter_m, mean_prob, max_prob, n_pixels and the geometry, in the
+        raster's CRS, top-left first.
+
+    Raises:
+        ValueError: without a class raster, or a threshold without a probability raster.
+        InputError: for an unreadable raster, a class raster of another dtype, or rasters on
+            different grids.
+    """
+    if threshold is None and classes is None:
+        raise ValueError("give a class raster, or a probability raster and a threshold")
+    if threshold is not None and probability is None:
+        raise ValueError("a threshold needs a probability raster")
+    source = Path(probability if threshold is not None else classes)
+    pieces = _Pieces()
+    margin = sieve_px + 1 if sieve_px > 1 else 0
+    with open_raster(source) as base:
+        crs, transform, width, height = base.crs, base.transform, base.width, base.height
+        cls_ds = None if threshold is not None else base
+        with (open_raster(probability) if probability is not None else nullcontext()) as prob_ds:
+            if prob_ds is not None and threshold is None:
+                check_same_grid(base, prob_ds)
+            for row_off in range(0, height, block_size):
+                for col_off in range(0, width, block_size):
+                    core = Window(col_off, row_off, min(block_size, width - col_off), min(block_size, height - row_off))
+                    _block_pieces(cls_ds, prob_ds, core, margin, threshold, sieve_px, pieces)
+    frame = _merge_seams(_pieces_frame(pieces))
+    return _polygons(frame, transform, crs, min_area_m2, simplify_px)
 
 
 def _attribute_value(value: object) -> object:
@@ -403,18 +438,19 @@ def _attribute_value(value: object) -> object:
 
 
 def write_layer(frame: gpd.GeoDataFrame, out_gpkg: Path, layer: str) -> None:
-    """Write ``layer`` atomically: into a copy of the file (other layers kept), then rename over it."""
+    """Write ``layer`` atomically: into a copy of the file (other layers kept), then rename over it.
+
+    Args:
+        frame: the polygons and their columns.
+        out_gpkg: the GeoPackage (created if missing).
+        layer: the layer to write or replace.
+    """
     out_gpkg = Path(out_gpkg)
-    out_gpkg.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_gpkg.with_name(f".{out_gpkg.stem}.partial{out_gpkg.suffix}")
-    partial.unlink(missing_ok=True)
-    if out_gpkg.exists():
-        shutil.copyfile(out_gpkg, partial)
-    try:
+    with atomic_path(out_gpkg) as partial:
+        partial.unlink(missing_ok=True)  # left by a killed process that had the same pid
+        if out_gpkg.exists():
+            shutil.copyfile(out_gpkg, partial)
         frame.to_file(partial, layer=layer, driver="GPKG", engine="pyogrio", SPATIAL_INDEX="YES")
-        os.replace(partial, out_gpkg)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def vectorize(
@@ -440,7 +476,7 @@ def vectorize(
     CRS and an R-tree spatial index. An existing file keeps its other layers.
 
     ``transition_classes`` = K: ``classes`` is a semantic change raster (``1 + K·from + to`` where
-    changed, see :mod:`pipeline.detect.sliding`); polygons get class 1 and columns from_class, to_class.
+    changed, see :mod:`pipeline.detect.accumulate`); polygons get class 1 and columns from_class, to_class.
     """
     attributes = dict(attributes or {})
     clash = sorted(set(attributes) & {*COLUMNS, "geometry", "geom"})

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.config import TrainConfig
 from pipeline.detect.evaluate import semantic_metrics
-from pipeline.detect.sliding import detect_group
+from pipeline.detect.sliding import DetectSettings, detect_group
 from pipeline.detect.vectorize import vectorize
 from pipeline.learn.checkpoint import load_checkpoint
 from pipeline.learn.train import train
@@ -78,7 +78,8 @@ def _train(folder: Path, out: Path, model: str, **overrides) -> Path:
 
 
 def _detect(group: Path, checkpoint: Path, out: Path, **options):
-    return detect_group(group, checkpoint, out, window=SIZE, batch_size=2, device="cpu", block_size=64, **options)
+    settings = DetectSettings(window=SIZE, batch_size=2, device="cpu", block_size=64, **options)
+    return detect_group(group, checkpoint, out, settings)
 
 
 def test_stikdnet_trains_with_its_self_distillation_loss_and_detects(data, tmp_path):

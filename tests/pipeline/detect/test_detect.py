@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,10 @@ from torch import nn
 import models
 from models import registry
 from models.fc import FCSiamDiff
-from pipeline.detect.sliding import (
-    CLASS_FILE,
-    PARTIAL_DIR,
-    PROBABILITY_FILE,
-    detect_group,
-    importance_map,
-    window_starts,
-)
+from pipeline.detect.output import CLASS_FILE, PROBABILITY_FILE
+from pipeline.detect.sliding import DetectSettings, detect_group
+from pipeline.detect.staging import PARTIAL_DIR
+from pipeline.detect.windows import importance_map, window_starts
 from pipeline.errors import GroupError, InputError
 from pipeline.learn.checkpoint import file_sha256, save_checkpoint
 from pipeline.learn.normalization import BandStats
@@ -162,7 +159,7 @@ def _read(path: Path) -> np.ndarray:
         return dataset.read(1)
 
 
-FAST = dict(device="cpu", batch_size=4, block_size=64)
+FAST = DetectSettings(device="cpu", batch_size=4, block_size=64)
 
 
 # --------------------------------------------------------------------------- windows and weights
@@ -193,14 +190,14 @@ def test_gaussian_importance_map_has_a_floor_and_is_flip_symmetric():
 def test_constant_model_gives_exactly_constant_probability(group, tmp_path, test_models):
     checkpoint = _checkpoint(tmp_path / "constant.pt", "test_constant")
     valid = _expected_valid(group)
-    result = detect_group(group, checkpoint, tmp_path / "u8", **FAST)
+    result = detect_group(group, checkpoint, tmp_path / "u8", FAST)
     probability = _read(result.probability)
     expected = np.floor(torch.sigmoid(torch.tensor(0.8)).item() * 254 + 0.5)
     assert np.all(probability[valid] == expected)  # exactly, across window and block seams
     assert np.all(_read(result.classes)[valid] == 1)
     assert result.blocks_total == 12 and result.blocks_done == 12
 
-    floats = detect_group(group, checkpoint, tmp_path / "f32", probability_dtype="float32", tta=True, **FAST)
+    floats = detect_group(group, checkpoint, tmp_path / "f32", replace(FAST, probability_dtype="float32", tta=True))
     values = _read(floats.probability)[valid]
     assert values.max() - values.min() < 1e-6
     assert values[0] == pytest.approx(torch.sigmoid(torch.tensor(0.8)).item(), abs=1e-6)
@@ -210,12 +207,12 @@ def test_nodata_in_any_input_is_nodata_in_both_outputs(group, tmp_path, test_mod
     checkpoint = _checkpoint(tmp_path / "fc.pt")
     valid = _expected_valid(group)
     assert 0 < (~valid).sum() < valid.size / 4
-    result = detect_group(group, checkpoint, tmp_path / "det", **FAST)
+    result = detect_group(group, checkpoint, tmp_path / "det", FAST)
     probability, classes = _read(result.probability), _read(result.classes)
     assert np.all(probability[~valid] == 255) and np.all(classes[~valid] == 255)
     assert np.all(probability[valid] <= 254) and set(np.unique(classes[valid])) <= {0, 1}
     constant = _checkpoint(tmp_path / "constant.pt", "test_constant")
-    floats = detect_group(group, constant, tmp_path / "f32", probability_dtype="float32", **FAST)
+    floats = detect_group(group, constant, tmp_path / "f32", replace(FAST, probability_dtype="float32"))
     assert np.array_equal(np.isnan(_read(floats.probability)), ~valid)
 
 
@@ -226,8 +223,8 @@ def test_outputs_are_georeferenced_cogs_with_provenance(group, tmp_path):
     checkpoint = _checkpoint(tmp_path / "fc.pt")
     provenance = {"t1_scene_id": "GF2_20190501", "t1_date": "2019-05-01",
                   "t2_scene_id": "GF3_20210616", "t2_date": "2021-06-16"}
-    result = detect_group(group, checkpoint, tmp_path / "det", run_id="run-42", provenance=provenance,
-                          device="cpu", block_size=128)
+    result = detect_group(group, checkpoint, tmp_path / "det", DetectSettings(device="cpu", block_size=128),
+                          run_id="run-42", provenance=provenance)
     assert result.megapixels == pytest.approx(HEIGHT * WIDTH / 1e6)
     for path, resampling_nodata in ((result.probability, 255), (result.classes, 255)):
         with rasterio.open(path) as dataset:
@@ -249,14 +246,14 @@ def test_outputs_are_georeferenced_cogs_with_provenance(group, tmp_path):
 
 def test_scene_ids_come_from_the_group_manifest_and_reruns_skip(group, tmp_path):
     checkpoint = _checkpoint(tmp_path / "fc.pt")
-    first = detect_group(group, checkpoint, tmp_path / "det", **FAST)
+    first = detect_group(group, checkpoint, tmp_path / "det", FAST)
     with rasterio.open(first.classes) as dataset:
         assert dataset.tags()["A_scene_id"] == "GF2_20190501"
         assert dataset.tags()["B_scene_id"] == "GF3_20210616"
-    again = detect_group(group, checkpoint, tmp_path / "det", **FAST)
+    again = detect_group(group, checkpoint, tmp_path / "det", FAST)
     assert again.blocks_done == 0 and again.blocks_resumed == again.blocks_total
     assert again.run_id == first.run_id
-    renamed = detect_group(group, checkpoint, tmp_path / "det", run_id="another", **FAST)
+    renamed = detect_group(group, checkpoint, tmp_path / "det", FAST, run_id="another")
     assert renamed.blocks_done == renamed.blocks_total  # another run id (or provenance) is a new run
 
 
@@ -269,7 +266,7 @@ class Killed(Exception):
 
 def test_killed_run_resumes_to_identical_rasters_without_recomputing(group, tmp_path, test_models):
     checkpoint = _checkpoint(tmp_path / "counting.pt", "test_counting_fc_siam_diff")
-    full = detect_group(group, checkpoint, tmp_path / "full", run_id="r1", **FAST)
+    full = detect_group(group, checkpoint, tmp_path / "full", FAST, run_id="r1")
     calls_full, CountingFCSiamDiff.calls = CountingFCSiamDiff.calls, 0
 
     def kill_after_five(description: str, done: int, total: int) -> None:
@@ -277,13 +274,13 @@ def test_killed_run_resumes_to_identical_rasters_without_recomputing(group, tmp_
             raise Killed
 
     with pytest.raises(Killed):
-        detect_group(group, checkpoint, tmp_path / "part", run_id="r1", progress=kill_after_five, **FAST)
+        detect_group(group, checkpoint, tmp_path / "part", FAST, run_id="r1", progress=kill_after_five)
     calls_killed, CountingFCSiamDiff.calls = CountingFCSiamDiff.calls, 0
     partial = tmp_path / "part" / PARTIAL_DIR
     assert len(json.loads((partial / "journal.json").read_text())["done"]) == 5
     assert not (tmp_path / "part" / PROBABILITY_FILE).exists()
 
-    resumed = detect_group(group, checkpoint, tmp_path / "part", **FAST)  # run id taken from the journal
+    resumed = detect_group(group, checkpoint, tmp_path / "part", FAST)  # run id taken from the journal
     assert (resumed.blocks_done, resumed.blocks_resumed) == (full.blocks_total - 5, 5)
     assert 0 < calls_killed < calls_full
     assert calls_killed + CountingFCSiamDiff.calls == calls_full  # finished blocks were not recomputed
@@ -300,8 +297,8 @@ def test_changed_settings_restart_instead_of_mixing(group, tmp_path, test_models
             raise Killed
 
     with pytest.raises(Killed):
-        detect_group(group, checkpoint, tmp_path / "det", progress=kill_after_two, **FAST)
-    result = detect_group(group, checkpoint, tmp_path / "det", threshold=0.3, **FAST)
+        detect_group(group, checkpoint, tmp_path / "det", FAST, progress=kill_after_two)
+    result = detect_group(group, checkpoint, tmp_path / "det", replace(FAST, threshold=0.3))
     assert result.blocks_resumed == 0 and result.blocks_done == result.blocks_total
 
 
@@ -332,8 +329,8 @@ def test_gaussian_weights_hide_window_borders_better_than_uniform(tmp_path, test
     checkpoint = _checkpoint(tmp_path / "border.pt", "test_border")
     measured = {}
     for weighting in ("gaussian", "uniform"):
-        result = detect_group(group, checkpoint, tmp_path / weighting, weighting=weighting,
-                              probability_dtype="float32", **FAST)
+        result = detect_group(group, checkpoint, tmp_path / weighting,
+                              replace(FAST, weighting=weighting, probability_dtype="float32"))
         probability = _read(result.probability)
         assert np.isfinite(probability).all()
         measured[weighting] = _border_disagreement(probability)
@@ -348,7 +345,7 @@ def test_gaussian_weights_hide_window_borders_better_than_uniform(tmp_path, test
 def test_checkpoint_for_another_band_layout_is_refused(group, tmp_path):
     checkpoint = _checkpoint(tmp_path / "fc4.pt", a_bands=4)
     with pytest.raises(InputError, match=r"A\.tif: has 3 band\(s\) but checkpoint fc4\.pt was trained on 4-band A"):
-        detect_group(group, checkpoint, tmp_path / "det", device="cpu")
+        detect_group(group, checkpoint, tmp_path / "det", DetectSettings(device="cpu"))
     assert not (tmp_path / "det").exists()
 
 
@@ -357,7 +354,7 @@ def test_corrupt_checkpoint_is_refused(group, tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(checkpoint.read_bytes()[:2000])
     with pytest.raises(InputError, match=r"broken\.pt: not a readable changeflow checkpoint"):
-        detect_group(group, broken, tmp_path / "det", device="cpu")
+        detect_group(group, broken, tmp_path / "det", DetectSettings(device="cpu"))
     assert not (tmp_path / "det").exists()
 
 
@@ -368,9 +365,9 @@ def test_group_whose_b_failed_coregistration_is_refused(group, tmp_path):
                                     "accepted": False, "reason": "tie-point RMSE 3.10 px > max_rmse_px 2.0"}]}
     (group / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(GroupError, match=r"group 'city1': has no B image \(it failed co-registration: GF3_20210616: tie-point RMSE"):
-        detect_group(group, checkpoint, tmp_path / "det", device="cpu")
+        detect_group(group, checkpoint, tmp_path / "det", DetectSettings(device="cpu"))
     shutil.rmtree(group / "grid")
     (group / "manifest.json").unlink()
     with pytest.raises(GroupError, match=r"group 'city1': has no A image"):
-        detect_group(group, checkpoint, tmp_path / "det", device="cpu")
+        detect_group(group, checkpoint, tmp_path / "det", DetectSettings(device="cpu"))
     assert not (tmp_path / "det").exists()

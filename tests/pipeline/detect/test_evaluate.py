@@ -14,14 +14,14 @@ from affine import Affine
 from shapely.geometry import box
 
 from pipeline.detect.evaluate import (
-    COLOURS,
     evaluate_prediction,
     label_polygons,
     object_metrics,
     pixel_metrics,
     semantic_metrics,
-    write_report,
 )
+from pipeline.detect.quicklook import COLOURS
+from pipeline.detect.report import write_report
 from pipeline.detect.vectorize import vectorize
 from tests.conftest import write_raster
 
