@@ -134,7 +134,7 @@ def prepare_synthetic(work: Path, size: int, seed: int) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The training step: the body of pipeline.learn.train.train's inner loop
+# The training step: what pipeline.learn.train._train_step does
 
 
 class Trainee:

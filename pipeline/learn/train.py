@@ -32,6 +32,7 @@ from models.losses import build_loss
 from models.registry import model_class
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, InputError
+from pipeline.io.atomic import write_atomic
 from pipeline.learn.augment import AugmentSettings
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
@@ -240,6 +241,52 @@ class _Log:
         self.board.close()
 
 
+@dataclass
+class _Run:
+    """What one training run holds: its inputs, model, loss, optimiser and where it stands."""
+
+    config: TrainConfig
+    out: Path
+    ddp: Distributed
+    device: torch.device
+    teacher: bool  # the model trains with a teacher input
+    classes: int  # semantic classes, 0 for binary change models
+    bands: dict[str, int]
+    channels: dict[str, int]
+    stats: dict[str, BandStats]
+    model: nn.Module
+    wrapped: nn.Module  # the model, or its DistributedDataParallel wrapper
+    loss_fn: nn.Module
+    loss_name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: TileDataset
+    val_set: TileDataset
+    test_set: TileDataset
+    start_epoch: int = 0
+    best_iou: float = -math.inf
+
+    def payload(self, epoch: int) -> dict[str, Any]:
+        """The checkpoint after ``epoch``: enough to resume exactly or to run inference."""
+        config = self.config
+        return {
+            "model": self.model.state_dict(),
+            "model_name": config.model,
+            "model_options": {**config.model_options, **self.channels},
+            "loss": self.loss_fn.state_dict(),
+            "loss_name": self.loss_name,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_iou": self.best_iou,
+            "normalization": {role: s.to_dict() for role, s in self.stats.items()},
+            "bands": self.bands,
+            "inputs": list(config.inputs),
+            "semantic_classes": self.classes,
+            "config": config.model_dump(mode="json"),
+        }
+
+
 def train(
     config: TrainConfig,
     out: Path,
@@ -247,27 +294,55 @@ def train(
     resume: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``config.model`` on the tile index of ``config.data`` into ``out``; returns test metrics.
+    """Train ``config.model`` on the tile index of ``config.data`` into ``out``.
 
     Every input problem (missing tiles, band mismatch, unknown model, unreadable checkpoint) is
-    raised before the first training step.
+    raised before the first training step. Under ``torchrun`` only rank 0 validates and writes.
+
+    Args:
+        config: the validated training config.
+        out: the run folder (checkpoints ``best.pt`` / ``last.pt``, ``metrics.csv``, ``metrics.json``).
+        resume: continue from ``out/last.pt``.
+        progress: called with (label, step, steps) after each training step on rank 0.
+
+    Returns:
+        On rank 0 the model name, best epoch, its validation IoU and the test metrics; {} elsewhere.
+
+    Raises:
+        ConfigError: for an unknown model or bad model, loss or text options.
+        InputError: for a bad tile index or an unreadable or foreign checkpoint.
     """
     ddp = distributed_from_env()
     device = resolve_device(config.device, ddp.local_rank)
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    run = _setup(config, out, ddp, device, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    log = _Log(out, run.start_epoch) if ddp.is_main else None
+    for epoch in range(run.start_epoch, config.epochs):
+        train_values, lr = _train_epoch(run, epoch, progress)
+        if ddp.is_main:
+            _validate_and_checkpoint(run, epoch, train_values, lr, log)
+    result: dict[str, Any] = {}
+    if ddp.is_main:
+        log.close()
+        result = _final_test(run)
+    if ddp.world_size > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.device, resume: bool) -> _Run:
+    """Check the inputs, then build the datasets, model, loss and optimiser (restored when resuming)."""
     roles, teacher = model_roles(config)
     index = load_index(config.data, config.folder_labels)
-    checkpoint = load_checkpoint(out / "last.pt") if resume else None
-    if checkpoint is not None and checkpoint["model_name"] != config.model:
-        raise InputError(out / "last.pt", f"was trained with model '{checkpoint['model_name']}', not '{config.model}'")
+    checkpoint = _resume_checkpoint(config, out) if resume else None
     classes = semantic_classes(config)
     bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
-    modalities = {role: config.modalities[role] for role in roles}
     if checkpoint is not None:
         stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
     else:
-        stats = fit_normalization(index, modalities, seed=config.seed)
+        stats = fit_normalization(index, {role: config.modalities[role] for role in roles}, seed=config.seed)
     channels = channel_options(config, bands)
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config.model, config.model_options, channels).to(device)
@@ -278,18 +353,8 @@ def train(
     scheduler = _schedule(optimizer, config)
     start_epoch, best_iou = 0, -math.inf
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        loss_fn.load_state_dict(checkpoint["loss"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start_epoch, best_iou = checkpoint["epoch"] + 1, checkpoint["best_iou"]
-    wrapped = model
-    if ddp.world_size > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.text_conditioned and prompts is None,  # the unused text projector
-        )
-
+        start_epoch, best_iou = _restore(checkpoint, model, loss_fn, optimizer, scheduler)
+    wrapped = _wrap(model, ddp, device, unused_text=model.text_conditioned and prompts is None)
     augment = AugmentSettings(crop=config.crop) if config.augment else None
     extras = {"semantic": bool(classes), "prompts": prompts}
     train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed, **extras)
@@ -297,71 +362,100 @@ def train(
     test_set = TileDataset(index, "test", stats, **extras)
     if len(train_set) == 0 or len(val_set) == 0:
         raise InputError(config.data, "the tile index needs train and val tiles")
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out, start_epoch) if ddp.is_main else None
+    return _Run(config, out, ddp, device, teacher, classes, bands, channels, stats, model, wrapped, loss_fn,
+                loss_name, optimizer, scheduler, train_set, val_set, test_set, start_epoch, best_iou)
 
-    def payload(epoch: int, best: float) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "model_name": config.model,
-            "model_options": {**config.model_options, **channels},
-            "loss": loss_fn.state_dict(),
-            "loss_name": loss_name,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "best_iou": best,
-            "normalization": {role: s.to_dict() for role, s in stats.items()},
-            "bands": bands,
-            "inputs": list(config.inputs),
-            "semantic_classes": classes,
-            "config": config.model_dump(mode="json"),
-        }
 
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed + epoch)
-        train_set.set_epoch(epoch)
-        loader = _loader(train_set, config, ddp, shuffle=True, epoch=epoch)
-        wrapped.train()
-        totals: dict[str, float] = {}
-        steps = 0
-        for step, batch in enumerate(loader):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with _autocast(device, config.amp):
-                outputs = _forward(wrapped, batch, config, teacher)
-            target = loss_target(batch, bool(classes))
-            loss, parts = loss_fn(_as_float(outputs), target, epoch + step / max(1, len(loader)))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()), config.grad_clip)
-            optimizer.step()
-            for name, value in parts.items():
-                totals[name] = totals.get(name, 0.0) + value
-            steps += 1
-            if progress is not None and ddp.is_main:
-                progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        if not ddp.is_main:
-            continue
-        val = evaluate(model, _loader(val_set, config, Distributed(), False, epoch), config, device, classes)
-        values = {f"train_{k}": v / max(1, steps) for k, v in totals.items()}
-        values.update({f"val_{k}": v for k, v in val.items()}, lr=lr)
-        log.write(epoch, values)
-        if val["iou"] > best_iou:
-            best_iou = val["iou"]
-            save_checkpoint(out / "best.pt", payload(epoch, best_iou))
-        save_checkpoint(out / "last.pt", payload(epoch, best_iou))
+def _resume_checkpoint(config: TrainConfig, out: Path) -> dict[str, Any]:
+    """``out/last.pt``, checked to be a checkpoint of ``config.model``."""
+    checkpoint = load_checkpoint(out / "last.pt")
+    if checkpoint["model_name"] != config.model:
+        raise InputError(out / "last.pt", f"was trained with model '{checkpoint['model_name']}', not '{config.model}'")
+    return checkpoint
 
-    result: dict[str, Any] = {}
-    if ddp.is_main:
-        log.close()
-        best = load_checkpoint(out / "best.pt", device)
-        model.load_state_dict(best["model"])
-        test = evaluate(model, _loader(test_set, config, Distributed(), False, 0), config, device, classes) if len(test_set) else {}
-        result = {"model": config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test}
-        (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    if ddp.world_size > 1:
-        dist.destroy_process_group()
+
+def _restore(checkpoint: dict[str, Any], model: nn.Module, loss_fn: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, float]:
+    """Load weights, loss, optimiser and LR schedule; returns the epoch to start at and the best val IoU."""
+    model.load_state_dict(checkpoint["model"])
+    loss_fn.load_state_dict(checkpoint["loss"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    return checkpoint["epoch"] + 1, checkpoint["best_iou"]
+
+
+def _wrap(model: nn.Module, ddp: Distributed, device: torch.device, unused_text: bool) -> nn.Module:
+    """The model in DistributedDataParallel under torchrun, else the model itself."""
+    if ddp.world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=unused_text,  # the text projector of a text model trained without prompts
+    )
+
+
+def _train_epoch(
+    run: _Run, epoch: int, progress: Callable[[str, int, int], None] | None
+) -> tuple[dict[str, float], float]:
+    """One pass over the train split; returns the mean loss parts (``train_*``) and the epoch's LR."""
+    config = run.config
+    torch.manual_seed(config.seed + epoch)
+    run.train_set.set_epoch(epoch)
+    loader = _loader(run.train_set, config, run.ddp, shuffle=True, epoch=epoch)
+    run.wrapped.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    for step, batch in enumerate(loader):
+        parts = _train_step(run, batch, epoch + step / max(1, len(loader)))
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + value
+        steps += 1
+        if progress is not None and run.ddp.is_main:
+            progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    return {f"train_{k}": v / max(1, steps) for k, v in totals.items()}, lr
+
+
+def _train_step(run: _Run, batch: dict[str, torch.Tensor], progress: float) -> dict[str, float]:
+    """Forward, loss, backward and optimiser step on one batch; returns the loss parts.
+
+    ``progress`` is the fractional epoch, which losses with a warm-up or schedule use.
+    """
+    config, device = run.config, run.device
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    with _autocast(device, config.amp):
+        outputs = _forward(run.wrapped, batch, config, run.teacher)
+    target = loss_target(batch, bool(run.classes))
+    loss, parts = run.loss_fn(_as_float(outputs), target, progress)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip:
+        nn.utils.clip_grad_norm_(list(run.model.parameters()) + list(run.loss_fn.parameters()), config.grad_clip)
+    run.optimizer.step()
+    return parts
+
+
+def _validate_and_checkpoint(run: _Run, epoch: int, train_values: dict[str, float], lr: float, log: _Log) -> None:
+    """Validate, log the epoch, save ``best.pt`` when the val IoU improves and ``last.pt`` always."""
+    loader = _loader(run.val_set, run.config, Distributed(), False, epoch)
+    val = evaluate(run.model, loader, run.config, run.device, run.classes)
+    values = {**train_values, **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
+    log.write(epoch, values)
+    if val["iou"] > run.best_iou:
+        run.best_iou = val["iou"]
+        save_checkpoint(run.out / "best.pt", run.payload(epoch))
+    save_checkpoint(run.out / "last.pt", run.payload(epoch))
+
+
+def _final_test(run: _Run) -> dict[str, Any]:
+    """Test metrics of the best checkpoint (once, at the end), written to ``metrics.json``."""
+    best = load_checkpoint(run.out / "best.pt", run.device)
+    run.model.load_state_dict(best["model"])
+    test = {}
+    if len(run.test_set):
+        test = evaluate(run.model, _loader(run.test_set, run.config, Distributed(), False, 0), run.config,
+                        run.device, run.classes)
+    result = {"model": run.config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test}
+    write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     return result

@@ -109,7 +109,7 @@ def test_ddp_with_two_processes_on_gloo(folder, tmp_path):
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29533",
         "-m", "flows.cli", "train", "--config", str(config), "--out", str(tmp_path / "run"),
     ]
-    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[3])
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert len(_column(tmp_path / "run" / "metrics.csv", "lr")) == 2  # one writer: rank 0
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
