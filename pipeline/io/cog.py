@@ -48,7 +48,7 @@ def write_cog_from_blocks(
         destination: the COG to write; its folder is created if missing.
         profile: the raster's width, height, count, dtype, crs, transform and nodata.
         blocks: (window, (bands, h, w) array) pairs covering the raster.
-        staging: the tiled GTiff the blocks are streamed into first; removed once copied.
+        staging: the tiled GTiff the blocks are streamed into first; always removed.
         categorical: class data: no predictor and nearest-neighbour overviews.
         tags: GeoTIFF metadata tags to write.
 
@@ -62,18 +62,20 @@ def write_cog_from_blocks(
     }
     floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
     predictor = "no" if categorical else ("floating_point" if floating else "standard")
-    with warnings.catch_warnings(), atomic_path(destination) as partial:
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(staging, "w", **gtiff) as dst:
-            for window, array in blocks:
-                dst.write(array, window=window)
-            if tags:
-                dst.update_tags(**tags)
-        rasterio.shutil.copy(
-            staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
-            blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
-            overview_count=overview_count(profile["height"], profile["width"]),
-            num_threads="ALL_CPUS", bigtiff="if_safer",
-        )
-        staging.unlink()
+    try:
+        with warnings.catch_warnings(), atomic_path(destination) as partial:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(staging, "w", **gtiff) as dst:
+                for window, array in blocks:
+                    dst.write(array, window=window)
+                if tags:
+                    dst.update_tags(**tags)
+            rasterio.shutil.copy(
+                staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
+                blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
+                overview_count=overview_count(profile["height"], profile["width"]),
+                num_threads="ALL_CPUS", bigtiff="if_safer",
+            )
+    finally:
+        staging.unlink(missing_ok=True)  # the staging GTiff goes too when a block or the copy fails
     return destination

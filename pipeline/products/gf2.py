@@ -198,15 +198,7 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
     mss, pan = locate(root, product)
     meta = read_metadata(_sidecar(mss, ".xml", product), product)
     rpc = rpcs.read_rpc(_sidecar(mss, ".rpb", product))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            with rasterio.open(mss) as src:
-                width, height, count, dtype = src.width, src.height, src.count, src.dtypes[0]
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(product, f"{mss.name} is not a readable image ({exc})") from None
-    if count != 4:
-        raise InputError(product, f"{mss.name} has {count} bands, expected 4 (blue, green, red, nir)")
+    width, height, dtype = _mss_shape(mss, product)
     use_pan = settings.gf2.pan and pan is not None
     if settings.gf2.pan and pan is None:
         raise InputError(product, "missing band file: gf2.pan is set but the product has no PAN image")
@@ -254,6 +246,20 @@ def read(root: Path, product: Path, name: str, settings: ProductsConfig, grid: G
                 _apply_gains(dst, gains)
             describe(dst, names=names, tags=tags)
     return ReadProduct(out, product, Sensor.gf2, name, meta["acquired"], names, {k: str(v) for k, v in tags.items()})
+
+
+def _mss_shape(mss: Path, product: Path) -> tuple[int, int, str]:
+    """Width, height and dtype of the multispectral image, which must be readable with 4 bands."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(mss) as src:
+                width, height, count, dtype = src.width, src.height, src.count, src.dtypes[0]
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(product, f"{mss.name} is not a readable image ({exc})") from None
+    if count != 4:
+        raise InputError(product, f"{mss.name} has {count} bands, expected 4 (blue, green, red, nir)")
+    return width, height, dtype
 
 
 MAX_CORNER_MISMATCH_M = 5000.0
