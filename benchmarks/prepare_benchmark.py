@@ -2,7 +2,7 @@
 
 For each size N (``--sizes``, default 5000 20000) the benchmark
 
-1. writes a synthetic N x N group with :func:`pipeline.synthetic.scenes.write_large_group` (A: GF-2-like
+1. writes a synthetic N x N group with :func:`pipeline.synthetic.large.write_large_group` (A: GF-2-like
    4-band uint16, C: Sentinel-2-like 4-band uint16 shifted by a fraction of a pixel, B: GF-3-like
    SAR float32, label uint8; all on A's grid, DEFLATE-compressed, streamed block by block);
 2. runs ``changeflow prepare`` on it (default tiling 512 / 256) in a subprocess, through the real

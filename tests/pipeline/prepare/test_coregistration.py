@@ -23,7 +23,7 @@ from scipy import ndimage
 from pipeline.config import CoregistrationConfig
 from pipeline.errors import InputError
 from pipeline.prepare.coregistration import CoregistrationResult, coregister, phase_shift, structure_descriptor
-from pipeline.synthetic.scenes import simulate_sar_amplitude
+from pipeline.synthetic.sar import simulate_sar_amplitude
 
 SHIFTS = [(0.37, -0.61), (3.4, -5.7)]  # (dx, dy): sub-pixel and multi-pixel
 CROP = 16  # border removed after shifting: wider than the largest shift
