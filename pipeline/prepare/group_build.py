@@ -100,7 +100,7 @@ def process_group(
         crs: the run's common CRS (None for pixel-space runs).
         config: the prepare config.
         out_dir: the prepare output folder ``OUT``.
-        progress: called with the number of windows done, as tiles are cut.
+        progress: called with 1 after each tile window is cut.
 
     Returns:
         The group's outcome, ``skipped`` when its manifest matches the fingerprint, else ``prepared``.
