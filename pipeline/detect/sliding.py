@@ -216,6 +216,7 @@ def detect_group(
     Raises:
         InputError: naming the file, for a bad checkpoint or input raster (before any inference).
         GroupError: naming the group, for a missing role or mismatched grids.
+        ConfigError: for a prompt given to a model without text.
         ValueError: for a window or block size that does not fit.
     """
     started = time.perf_counter()

@@ -119,19 +119,31 @@ def test_clearscd_semantic_change_from_tiles_to_from_to_polygons(data, tmp_path)
     rerun = _detect(group, checkpoint, tmp_path / "detect")  # finished outputs are reused
     assert rerun.blocks_done == 0 and rerun.semantic == result.semantic
     with rasterio.open(result.semantic["semantic_t1"]) as t1, rasterio.open(result.semantic["transitions"]) as codes:
-        classes, transitions = t1.read(1), codes.read(1)
+        from_class, transitions = t1.read(1), codes.read(1)
         assert t1.crs == codes.crs and t1.transform == codes.transform
-    assert classes.max() < CLASSES
-    changed = transitions[(transitions != 0) & (transitions != 255)]
-    assert ((changed - 1) // CLASSES < CLASSES).all()
+    with rasterio.open(result.semantic["semantic_t2"]) as t2, rasterio.open(result.classes) as change:
+        to_class, changed = t2.read(1), change.read(1) == 1
+    assert from_class.max() < CLASSES and to_class.max() < CLASSES
+    # The trained model finds change here; there the code is 1 + K·from + to, elsewhere 0.
+    assert changed.any()
+    assert np.array_equal(transitions[changed], 1 + CLASSES * from_class[changed].astype(int) + to_class[changed])
+    assert (transitions[~changed] == 0).all()
     count = vectorize(result.semantic["transitions"], result.probability, tmp_path / "changes.gpkg",
                       sieve_px=0, min_area_m2=0, transition_classes=CLASSES)
-    if count:
-        import geopandas as gpd
+    assert count > 0
+    import geopandas as gpd
 
-        polygons = gpd.read_file(tmp_path / "changes.gpkg", layer="changes")
-        assert {"from_class", "to_class"} <= set(polygons.columns)
-        assert polygons["from_class"].between(0, CLASSES - 1).all()
+    polygons = gpd.read_file(tmp_path / "changes.gpkg", layer="changes")
+    assert len(polygons) == count and {"from_class", "to_class"} <= set(polygons.columns)
+    # Unsieved and unfiltered, the polygons hold every changed pixel and exactly its from→to pairs.
+    assert polygons["n_pixels"].sum() == changed.sum()
+    pairs = {divmod(int(code) - 1, CLASSES) for code in np.unique(transitions[changed])}
+    assert set(zip(polygons["from_class"], polygons["to_class"])) == pairs
     truth = {name: group / "grid" / f"{name}.tif" for name in ("semantic_t1", "semantic_t2", "label")}
     scores = semantic_metrics({**result.semantic, "classes": result.classes}, truth, CLASSES)
-    assert 0.0 <= scores["semantic_oa"] <= 1.0 and "sek" in scores and "fscd" in scores
+    assert "sek" in scores and "fscd" in scores
+    with rasterio.open(truth["semantic_t1"]) as t1, rasterio.open(truth["semantic_t2"]) as t2, \
+            rasterio.open(truth["label"]) as label:
+        agree = (from_class == t1.read(1)).sum() + (to_class == t2.read(1)).sum()
+        assert scores["semantic_oa"] == pytest.approx(agree / (2 * from_class.size))  # both dates pooled
+        assert scores["change_oa"] == pytest.approx((changed == (label.read(1) == 1)).mean())
