@@ -202,16 +202,17 @@ def changeflow_child(config: str, out: str, timings: str, profile: str | None) -
     import rasterio.shutil
 
     import flows.prepare as fp
+    import pipeline.prepare.group_build as gb
     from flows.cli import app
     t_imported = time.time()
 
     fp.build_catalog = timed("catalog", fp.build_catalog)
     fp.build_groups = timed("overlap", fp.build_groups)
-    fp.reference_grid = timed("grid", fp.reference_grid)
-    fp.write_cog = timed("warp+cog", fp.write_cog, lambda source, destination, **_: Path(destination).stem)
+    gb.reference_grid = timed("grid", gb.reference_grid)
+    gb.write_cog = timed("warp+cog", gb.write_cog, lambda source, destination, **_: Path(destination).stem)
     rasterio.shutil.copy = timed("cog-translate", rasterio.shutil.copy, lambda src, dst, **_: Path(str(dst)).name.split(".")[0])
-    fp.coregister = timed("coregister", fp.coregister, lambda ref, moving, *a, **k: "sar" if k.get("structure") else "optical")
-    fp.cut_tiles = timed("tiles", fp.cut_tiles)
+    gb.coregister = timed("coregister", gb.coregister, lambda ref, moving, *a, **k: "sar" if k.get("structure") else "optical")
+    gb.cut_tiles = timed("tiles", gb.cut_tiles)
     fp.assemble = timed("assemble(dedup+split+links)", fp.assemble)
     fp.write_index = timed("index(gpkg)", fp.write_index)
 

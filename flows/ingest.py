@@ -23,7 +23,7 @@ from prefect import flow
 from flows.gpu import gpu_slot, uses_gpu
 from pipeline.config import IngestConfig, PrepareConfig, load_config
 from pipeline.detect.group_run import run_group
-from pipeline.detect.sliding import new_run_id
+from pipeline.detect.staging import new_run_id
 from pipeline.errors import ChangeflowError
 from pipeline.prepare.catalog import build_catalog, scan_inbox
 from pipeline.prepare.group_build import process_group

@@ -38,14 +38,14 @@ from pipeline.detect.inference import TextTensors, build_model, prompt_embedding
 from pipeline.detect.inputs import GroupInputs, check_inputs, default_provenance
 from pipeline.detect.output import OutputPaths, existing_run, write_rasters
 from pipeline.detect.reading import window_batches
-from pipeline.detect.staging import PARTIAL_DIR, Staging, fingerprint, new_run_id
+from pipeline.detect.staging import PARTIAL_DIR, Staging, fingerprint
 from pipeline.detect.windows import Block, Layout, Weighting, block_id, default_window, importance_map, plan
 from pipeline.io.raster import bounded_gdal_cache
 from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 from pipeline.learn.device import resolve_device
 from pipeline.learn.normalization import BandStats
 
-__all__ = ["DetectSettings", "DetectionResult", "Progress", "detect_group", "new_run_id"]
+__all__ = ["DetectSettings", "DetectionResult", "Progress", "detect_group"]
 
 Progress = Callable[[str, int, int], None]
 

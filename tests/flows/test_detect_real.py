@@ -11,11 +11,11 @@ import torch
 
 import models
 from flows.detect import detect_one
-from flows.prepare import process_group
 from pipeline.config import DetectConfig, PrepareConfig
 from pipeline.learn.checkpoint import save_checkpoint
 from pipeline.learn.normalization import BandStats
 from pipeline.prepare.catalog import build_catalog
+from pipeline.prepare.group_build import process_group
 from pipeline.prepare.overlap import build_groups
 from tests.conftest import write_raster
 
