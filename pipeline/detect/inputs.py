@@ -36,7 +36,14 @@ class GroupInputs:
 
 
 def group_manifest(group_dir: Path) -> dict:
-    """The group's prepare manifest, or ``{}`` when it has none (or an unreadable one)."""
+    """The group's prepare manifest.
+
+    Args:
+        group_dir: a prepared group folder.
+
+    Returns:
+        Its ``manifest.json`` as a dict, or ``{}`` when it has none or an unreadable one.
+    """
     try:
         return json.loads((group_dir / "manifest.json").read_text())
     except (OSError, ValueError):

@@ -31,7 +31,11 @@ JOURNAL = "journal.json"
 
 
 def new_run_id() -> str:
-    """A new run id: the UTC time and 8 random hex digits, e.g. ``20240501T120000Z-1a2b3c4d``."""
+    """A new run id.
+
+    Returns:
+        The UTC time and 8 random hex digits, e.g. ``20240501T120000Z-1a2b3c4d``.
+    """
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
 
 
@@ -106,28 +110,72 @@ class Staging:
         write_atomic(self.root / JOURNAL, json.dumps(self.state, indent=1))
 
     def carry_path(self, kind: str, block_id: str) -> Path:
+        """Where a carry is staged.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            block_id: the block that hands it on (:func:`~pipeline.detect.windows.block_id`).
+
+        Returns:
+            ``carries/{block_id}.{kind}.npy``.
+        """
         return self.carries / f"{block_id}.{kind}.npy"
 
     def save_carry(self, kind: str, block_id: str, array: np.ndarray) -> None:
+        """Stage a carry atomically.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            block_id: the block that hands it on.
+            array: the carry.
+        """
         with atomic_path(self.carry_path(kind, block_id)) as partial, open(partial, "wb") as handle:
             np.save(handle, array)
 
     def load_carry(self, kind: str, block_id: str) -> np.ndarray | None:
+        """Read a staged carry.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            block_id: the block that handed it on.
+
+        Returns:
+            The carry, or None when none is staged.
+        """
         path = self.carry_path(kind, block_id)
         return np.load(path) if path.exists() else None
 
     def drop_carry(self, kind: str, block_id: str) -> None:
+        """Delete a staged carry, if any.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            block_id: the block that handed it on.
+        """
         self.carry_path(kind, block_id).unlink(missing_ok=True)
 
     def finish_block(self, block_id: str, rasters: dict[str, np.ndarray]) -> None:
-        """Stage a finished block's rasters, then record it in the journal."""
+        """Stage a finished block's rasters, then record it in the journal.
+
+        Args:
+            block_id: the finished block.
+            rasters: its output rasters by name, each written into ``blocks/{block_id}.npz``.
+        """
         with atomic_path(self.blocks / f"{block_id}.npz") as partial, open(partial, "wb") as handle:
             np.savez(handle, **rasters)
         self.state["done"].append(block_id)
         self._write_journal()
 
     def block(self, block_id: str, name: str) -> np.ndarray:
-        """One raster of a staged block."""
+        """One raster of a staged block.
+
+        Args:
+            block_id: a finished block.
+            name: the raster's name, as given to :meth:`finish_block`.
+
+        Returns:
+            The raster.
+        """
         with np.load(self.blocks / f"{block_id}.npz") as data:
             return data[name]
 
@@ -144,7 +192,16 @@ class Carries:
         self._memory: dict[tuple[str, str], np.ndarray | None] = {}
 
     def get(self, kind: str, i: int, j: int) -> np.ndarray | None:
-        """The ``kind`` carry of block (i, j), from memory or, after a restart, from disk."""
+        """The ``kind`` carry of block (i, j), from memory or, after a restart, from disk.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            i: the block's row index.
+            j: the block's column index.
+
+        Returns:
+            The carry, or None for a block outside the scene (negative index) or one that handed none on.
+        """
         if i < 0 or j < 0:
             return None
         key = (kind, block_id(i, j))
@@ -153,12 +210,25 @@ class Carries:
         return self._memory[key]
 
     def put(self, kind: str, i: int, j: int, array: np.ndarray) -> None:
-        """Keep and stage the ``kind`` carry of block (i, j)."""
+        """Keep and stage the ``kind`` carry of block (i, j).
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            i: the block's row index.
+            j: the block's column index.
+            array: the carry.
+        """
         self._memory[(kind, block_id(i, j))] = array
         self.staging.save_carry(kind, block_id(i, j), array)
 
     def forget(self, kind: str, i: int, j: int) -> None:
-        """Drop a carry no later block needs, from memory and disk."""
+        """Drop a carry no later block needs, from memory and disk.
+
+        Args:
+            kind: ``"right"`` or ``"bottom"``.
+            i: the block's row index (nothing happens when negative).
+            j: the block's column index (nothing happens when negative).
+        """
         if i >= 0 and j >= 0:
             self._memory.pop((kind, block_id(i, j)), None)
             self.staging.drop_carry(kind, block_id(i, j))

@@ -92,7 +92,15 @@ def default_window(checkpoint: dict) -> int:
 
 
 def block_id(i: int, j: int) -> str:
-    """The name of block (i, j) in the journal and the staged files."""
+    """The name of block (i, j) in the journal and the staged files.
+
+    Args:
+        i: the block's row index.
+        j: the block's column index.
+
+    Returns:
+        ``"r{i}_c{j}"``.
+    """
     return f"r{i}_c{j}"
 
 
@@ -108,10 +116,12 @@ class Layout:
 
     @property
     def block_rows(self) -> int:
+        """Rows of blocks (the last one may be short)."""
         return math.ceil(self.height / self.block)
 
     @property
     def block_cols(self) -> int:
+        """Columns of blocks (the last one may be narrow)."""
         return math.ceil(self.width / self.block)
 
     def blocks(self) -> list[Block]:
@@ -119,17 +129,41 @@ class Layout:
         return [(i, j) for i in range(self.block_rows) for j in range(self.block_cols)]
 
     def core(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """(row0, col0, row1, col1) of block (i, j)."""
+        """The pixels block (i, j) outputs.
+
+        Args:
+            i: the block's row index.
+            j: the block's column index.
+
+        Returns:
+            (row0, col0, row1, col1), end-exclusive, clipped to the scene.
+        """
         b = self.block
         return i * b, j * b, min(self.height, (i + 1) * b), min(self.width, (j + 1) * b)
 
     def extended(self, i: int, j: int) -> tuple[int, int, int, int]:
-        """The block plus the margin its windows reach into (right and below)."""
+        """The block plus the margin its windows reach into (right and below).
+
+        Args:
+            i: the block's row index.
+            j: the block's column index.
+
+        Returns:
+            (row0, col0, row1, col1), end-exclusive, clipped to the scene.
+        """
         b, (wh, ww) = self.block, self.window
         return i * b, j * b, min(self.height, (i + 1) * b + wh), min(self.width, (j + 1) * b + ww)
 
     def batches(self, blocks: Iterable[Block], batch_size: int) -> list[tuple[Block, list[Offset]]]:
-        """(owner, window offsets) of every batch of ``blocks``, in processing order."""
+        """The inference batches of some blocks; a batch never mixes two owners.
+
+        Args:
+            blocks: the blocks, in processing order.
+            batch_size: the most windows a batch holds.
+
+        Returns:
+            (owner, window offsets) of every batch, in processing order; blocks owning no window have none.
+        """
         return [(block, offsets[k:k + batch_size]) for block in blocks
                 for offsets in [self.owned.get(block, [])] for k in range(0, len(offsets), batch_size)]
 

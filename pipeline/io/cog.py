@@ -26,7 +26,16 @@ COG_BLOCK = 512
 
 
 def overview_count(height: int, width: int, smallest: int = 256) -> int:
-    """Overview levels until the largest side is at most ``smallest`` px (at least one level)."""
+    """How many overview levels a COG gets: halvings until the largest side is at most ``smallest`` px.
+
+    Args:
+        height: raster rows.
+        width: raster columns.
+        smallest: the largest side of the coarsest overview, in pixels.
+
+    Returns:
+        The level count: at least 1, except 0 for a 1 x 1 raster.
+    """
     size, levels = max(height, width), 0
     while size > smallest:
         size, levels = math.ceil(size / 2), levels + 1

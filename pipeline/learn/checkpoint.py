@@ -34,7 +34,19 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint safely; a missing, corrupt or foreign file is an InputError naming it."""
+    """Read a checkpoint safely (``weights_only=True``: loading runs no code).
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where tensors are loaded (``torch.load``'s ``map_location``).
+
+    Returns:
+        The payload, holding at least the ``REQUIRED`` keys.
+
+    Raises:
+        InputError: naming the file, when it is missing, unreadable or unsafe, or not a changeflow
+            checkpoint (a required key is missing).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "checkpoint not found")
@@ -49,6 +61,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 
 def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        OSError: when the file cannot be read.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -25,10 +25,17 @@ def simulate_sar_amplitude(
     Raw-intensity correlation with the optical image is therefore weak while the structure (edges)
     is shared, which is what a modality-robust co-registration must exploit.
 
-    ``optical`` is (bands, H, W) or (H, W); returns float32 (H, W) amplitude. The brightness is
-    stretched between the 1st and 99th percentiles of ``optical`` and the gradient divided by its
-    99th percentile, unless ``value_range`` (lo, hi) and ``gradient_scale`` are given: give them
-    when simulating a large image block by block so that the blocks agree.
+    Args:
+        optical: (bands, H, W) or (H, W) optical image; bands are averaged into one brightness.
+        looks: number of looks of the Gamma speckle (more looks, less speckle).
+        rng: the random generator of the speckle.
+        value_range: (lo, hi) brightness stretch; default the 1st and 99th percentiles of ``optical``.
+        gradient_scale: divisor of the gradient magnitude; default its 99th percentile. Give both
+            ``value_range`` and ``gradient_scale`` when simulating a large image block by block, so
+            that the blocks agree.
+
+    Returns:
+        float32 (H, W) amplitude.
     """
     image = np.asarray(optical, dtype=np.float32)
     if image.ndim == 3:
