@@ -97,7 +97,15 @@ class _Pieces:
 
 
 def probability_block(dataset: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
-    """Probability in [0, 1] as float32 with NaN where the probability raster is nodata."""
+    """One window of a probability raster, as probabilities.
+
+    Args:
+        dataset: the probability raster: uint8 ``p · 254`` (nodata 255 unless it declares another) or float.
+        window: the window to read.
+
+    Returns:
+        float32 (h, w) probability in [0, 1], NaN where the raster is nodata (or NaN).
+    """
     data, valid = read_window(dataset, window)
     band = data[0]
     if np.issubdtype(band.dtype, np.integer):
@@ -256,9 +264,19 @@ def _simplification_chunks(geoms: np.ndarray, tolerance_px: float) -> list[np.nd
 def simplify_coverage(geoms: np.ndarray, tolerance_px: float, *, shared_edges: bool = True) -> np.ndarray:
     """Topology-aware simplification of lattice polygons (pixel coordinates), keeping each valid.
 
-    ``shared_edges=False`` says no two polygons share an edge (one class: regions of one class
-    never touch along an edge), so the pixel-corner densification that edge-matches neighbours
-    is skipped (about twice as fast).
+    GEOS' coverage simplifier (Visvalingam-Whyatt) simplifies shared edges once, so neighbours keep no
+    gaps or overlaps; a polygon that comes out invalid or empty falls back to
+    ``simplify(preserve_topology=True)`` + ``make_valid``.
+
+    Args:
+        geoms: polygons in pixel coordinates, vertices on pixel corners.
+        tolerance_px: the tolerance in pixels; 0 or less returns ``geoms`` unchanged.
+        shared_edges: False says no two polygons share an edge (one class: regions of one class
+            never touch along an edge), so the pixel-corner densification that edge-matches
+            neighbours is skipped (about twice as fast).
+
+    Returns:
+        The simplified polygons, in the order of ``geoms``.
     """
     if tolerance_px <= 0 or len(geoms) == 0:
         return geoms
@@ -280,7 +298,18 @@ def _is_mercator(crs: ProjCRS) -> bool:
 
 
 def metric_series(geometry: gpd.GeoSeries) -> tuple[gpd.GeoSeries, float]:
-    """The geometries in a CRS where lengths are metres after multiplying by the returned factor."""
+    """The geometries in a CRS where lengths are metres after multiplying by the returned factor.
+
+    A projected CRS is kept (its unit factor, e.g. US feet, is returned); a geographic or Mercator
+    CRS (areas inflated by 1/cos²φ) is replaced by the local UTM zone.
+
+    Args:
+        geometry: the geometries, with or without a CRS.
+
+    Returns:
+        The geometries (reprojected or not) and the factor that turns their lengths into metres; an
+        empty series or one without a CRS is returned as is with factor 1.
+    """
     crs = geometry.crs
     if crs is None or len(geometry) == 0:
         return geometry, 1.0
@@ -291,13 +320,30 @@ def metric_series(geometry: gpd.GeoSeries) -> tuple[gpd.GeoSeries, float]:
 
 
 def to_map(geoms: np.ndarray, transform: Affine) -> np.ndarray:
-    """Pixel (col, row) coordinates to map coordinates with the raster transform."""
+    """Pixel (col, row) coordinates to map coordinates with the raster transform.
+
+    Args:
+        geoms: geometries in pixel coordinates.
+        transform: the raster's affine transform.
+
+    Returns:
+        The geometries in map coordinates.
+    """
     a, b, c, d, e, f = tuple(transform)[:6]
     matrix = np.array([[a, d], [b, e]])
     return shapely.transform(geoms, lambda xy: xy @ matrix + (c, f))
 
 
 def check_same_grid(first: rasterio.io.DatasetReader, second: rasterio.io.DatasetReader) -> None:
+    """Check that two rasters share size, CRS and transform.
+
+    Args:
+        first: the reference raster.
+        second: the raster checked against it.
+
+    Raises:
+        InputError: naming ``second``, when its size or grid (CRS, transform) differs.
+    """
     if (first.width, first.height) != (second.width, second.height):
         raise InputError(second.name, f"size {second.width}×{second.height} differs from {first.name} ({first.width}×{first.height})")
     if not first.transform.almost_equals(second.transform) or first.crs != second.crs:
@@ -467,16 +513,33 @@ def vectorize(
     layer: str = LAYER,
     transition_classes: int = 0,
 ) -> int:
-    """Polygonise a change raster into GeoPackage layer ``layer``; returns the number of polygons.
+    """Polygonise a change raster into a GeoPackage layer (see :func:`polygonize` for the steps).
 
-    ``threshold=None`` uses the class raster; a value thresholds the probability (``p >= threshold``).
-    ``attributes`` are constant columns on every polygon (scene ids and dates, sensors, model,
-    checkpoint hash, run id); dates become ISO strings. The layer has columns id (1..n, top-left
-    first), class, area_m2, perimeter_m, mean_prob, max_prob, n_pixels, the attributes, the raster's
-    CRS and an R-tree spatial index. An existing file keeps its other layers.
+    The layer has columns id (1..n, top-left first), class, area_m2, perimeter_m, mean_prob, max_prob,
+    n_pixels, the attributes, the raster's CRS and an R-tree spatial index.
 
-    ``transition_classes`` = K: ``classes`` is a semantic change raster (``1 + K·from + to`` where
-    changed, see :mod:`pipeline.detect.accumulate`); polygons get class 1 and columns from_class, to_class.
+    Args:
+        classes: the class raster, or None to threshold ``probability``.
+        probability: the probability raster (zonal statistics; the classes with a threshold), or None.
+        out_gpkg: the GeoPackage; an existing file keeps its other layers.
+        threshold: None to use ``classes``; a value gives the classes ``probability >= threshold``.
+        sieve_px: regions smaller than this many pixels are merged into their largest neighbour.
+        min_area_m2: polygons of a smaller exact pixel area are dropped.
+        simplify_px: simplification tolerance in pixels (0: none).
+        block_size: block side in pixels.
+        attributes: constant columns on every polygon (scene ids and dates, sensors, model,
+            checkpoint hash, run id); dates become ISO strings, paths strings, lists comma-joined.
+        layer: the layer to write or replace.
+        transition_classes: K > 0 when ``classes`` is a semantic change raster (``1 + K·from + to``
+            where changed, see :mod:`pipeline.detect.accumulate`): polygons get class 1 and columns
+            from_class, to_class. 0 for a plain class raster.
+
+    Returns:
+        The number of polygons written.
+
+    Raises:
+        ValueError: for an attribute named like a layer column, or as :func:`polygonize`.
+        InputError: as :func:`polygonize`.
     """
     attributes = dict(attributes or {})
     clash = sorted(set(attributes) & {*COLUMNS, "geometry", "geom"})
