@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from scipy import ndimage
 
 from pipeline.io.atomic import atomic_path
+from pipeline.io.raster import bounded_gdal_cache
 from pipeline.synthetic.collar import Collar
 from pipeline.synthetic.ground import Ground
 from pipeline.synthetic.group import (
@@ -97,7 +98,7 @@ def write_large_group(
                                          transform=Affine(A_RES, 0, ORIGIN[0], 0, -A_RES, ORIGIN[1]),
                                          tile=tile, compress=compress, zlevel=1), "BIGTIFF": "IF_SAFER"}
                 for role in ROLES}
-    with rasterio.Env(GDAL_CACHEMAX=64), ExitStack() as files:
+    with bounded_gdal_cache(), ExitStack() as files:
         # entered last, so each file is closed before its temporary name is renamed
         datasets = {role: files.enter_context(rasterio.open(files.enter_context(atomic_path(paths[role])), "w",
                                                             **profiles[role])) for role in ROLES}
