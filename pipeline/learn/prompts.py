@@ -94,16 +94,44 @@ class PromptTable:
 
     @classmethod
     def constant(cls, prompt: str) -> PromptTable:
-        """The same prompt for every tile (the original repository's setup)."""
+        """The same prompt for every tile (the original repository's setup).
+
+        Args:
+            prompt: the prompt (whitespace collapsed); None or "" means no text.
+
+        Returns:
+            A table with only a default.
+
+        Raises:
+            ConfigError: when ``prompt`` is not text.
+        """
         return cls(default=_clean(prompt, "prompt"))
 
     def with_default(self, default: str) -> PromptTable:
-        """A copy with another default prompt ("" = no text for unmatched tiles)."""
+        """A copy with another default prompt.
+
+        Args:
+            default: the new default ("" = no text for unmatched tiles).
+
+        Returns:
+            The new table.
+
+        Raises:
+            ConfigError: when ``default`` is not text.
+        """
         return PromptTable(default=_clean(default, "default prompt"), tiles=self.tiles, patterns=self.patterns,
                            groups=self.groups, source=self.source)
 
     def prompt_for(self, key: str, group: str | None = None) -> str:
-        """The prompt of tile ``key`` (a tile id or a file name) in scene group ``group``; "" = no text."""
+        """The prompt of a tile: its exact id (or stem), else the first matching pattern, its group, the default.
+
+        Args:
+            key: a tile id or a file name.
+            group: the tile's scene group, or None.
+
+        Returns:
+            The prompt; "" means no text.
+        """
         key = str(key)
         for candidate in (key, Path(key).stem):
             if candidate in self.tiles:
@@ -116,7 +144,11 @@ class PromptTable:
         return self.default
 
     def prompts(self) -> list[str]:
-        """Every distinct non-empty prompt this table can return, sorted."""
+        """Every distinct non-empty prompt this table can return.
+
+        Returns:
+            The prompts, sorted.
+        """
         values = [self.default, *self.tiles.values(), *(p for _, p in self.patterns), *self.groups.values()]
         return sorted({v for v in values if v})
 
@@ -203,9 +235,18 @@ def _load_txt(path: Path) -> PromptTable:
 
 
 def load_prompts(path: str | Path, default: str | None = None) -> PromptTable:
-    """Read a prompts file (.yaml/.yml, .csv or the original's .txt); ``default`` overrides the file's default.
+    """Read a prompts file (formats in the module docstring).
 
-    Raises ConfigError naming the file (and line) for a missing or malformed file.
+    Args:
+        path: a ``.yaml``/``.yml``, ``.csv`` or the original repository's ``.txt`` prompts file.
+        default: overrides the file's default prompt ("" = no text for unmatched tiles); None keeps it.
+
+    Returns:
+        The table, with ``source`` set to ``path``.
+
+    Raises:
+        ConfigError: naming the file (and line) for a missing file, an unknown suffix or malformed content.
+        OSError: for a file that exists but cannot be read.
     """
     path = Path(path)
     if not path.is_file():
@@ -236,7 +277,16 @@ class TextEncoder(Protocol):
     dim: int
     cacheable: bool
 
-    def encode(self, prompts: Sequence[str]) -> list[np.ndarray]: ...
+    def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Token embeddings of some prompts.
+
+        Args:
+            prompts: non-empty prompts.
+
+        Returns:
+            One float32 ``[l_i, dim]`` array per prompt, unpadded, in order.
+        """
+        ...
 
 
 class MiniLMEncoder:
@@ -246,6 +296,11 @@ class MiniLMEncoder:
     sentence-transformers model folder ``model_path``; nothing is downloaded (``local_files_only``). The model
     is loaded lazily on the first ``encode``. Missing packages raise ImportError naming the extra to install.
     Output per prompt: the last hidden states of all its word pieces incl. [CLS]/[SEP] (not the pooled vector).
+
+    Args:
+        model_path: a local sentence-transformers model folder; None for the packaged model.
+        device: the torch device the model runs on.
+        batch_size: prompts per forward pass.
     """
 
     cacheable = True
@@ -286,6 +341,19 @@ class MiniLMEncoder:
         return self._model
 
     def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Token embeddings of some prompts, loading the model on the first call.
+
+        Args:
+            prompts: non-empty prompts.
+
+        Returns:
+            One float32 ``[l_i, dim]`` array per prompt (its word pieces incl. [CLS]/[SEP]).
+
+        Raises:
+            ImportError: naming the ``changeflow[text]`` extra when sentence-transformers or the packaged
+                model is missing.
+            FileNotFoundError: when the model folder does not exist.
+        """
         model = self._load()
         out = model.encode(list(prompts), output_value="token_embeddings", convert_to_numpy=False,
                            batch_size=self.batch_size, show_progress_bar=False)
@@ -308,6 +376,10 @@ class HashEncoder:
     Not a language model: similar spellings get similar vectors, meaning is not captured. It is the frozen
     "static" variant of spec §11 option 2 — reproducible across machines and Python runs, for tests and as a
     stand-in when the MiniLM extra is missing.
+
+    Args:
+        dim: D, the embedding width.
+        seed: seeds the pseudo-random vectors (part of ``id``).
     """
 
     cacheable = False  # cheap to recompute
@@ -333,6 +405,14 @@ class HashEncoder:
         return (v / max(float(np.linalg.norm(v)), 1e-6)).astype(np.float32)
 
     def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """Token embeddings of some prompts: one token per ``\\w+`` word (lower-cased).
+
+        Args:
+            prompts: the prompts; one without a word is a single token of its whole text.
+
+        Returns:
+            One float32 ``[words, dim]`` array of unit vectors per prompt.
+        """
         out = []
         for prompt in prompts:
             words = re.findall(r"\w+", prompt.lower()) or [prompt.lower()]
@@ -343,8 +423,13 @@ class HashEncoder:
 class EmbeddingFile:
     """Precomputed embeddings keyed by prompt (format in the module docstring); acts as a :class:`TextEncoder`.
 
-    Raises PromptError naming the file for an unreadable file, entries of different widths, or (on
-    ``encode``) a prompt the file does not contain.
+    Args:
+        path: a ``.pt``/``.pth`` or ``.npz`` embedding file.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        PromptError: naming the file, for an unreadable or malformed file, an empty one or entries of
+            different widths.
     """
 
     cacheable = False
@@ -370,6 +455,17 @@ class EmbeddingFile:
         self.id = f"file:{encoder or 'unknown'}:{digest}"
 
     def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
+        """The file's token embeddings of some prompts.
+
+        Args:
+            prompts: prompts the file holds.
+
+        Returns:
+            One float32 ``[l_i, dim]`` array per prompt (a ``[D]`` entry is a single token).
+
+        Raises:
+            PromptError: naming the file and the first prompt it does not contain.
+        """
         missing = [p for p in prompts if p not in self.embeddings]
         if missing:
             known = ", ".join(repr(p) for p in sorted(self.embeddings)[:5])
@@ -441,12 +537,24 @@ def _read_embedding_file(path: Path) -> tuple[str | None, dict[str, np.ndarray]]
 
 
 def save_embedding_file(path: str | Path, embeddings: Mapping[str, Any], encoder: str) -> Path:
-    """Write ``{prompt: [l, D] or [D]}`` as a ``.pt`` or ``.npz`` embedding file (atomically); returns the path.
+    """Write prompt embeddings as a ``.pt`` or ``.npz`` embedding file, atomically.
 
     Typical use, wherever a real encoder is available::
 
         enc = MiniLMEncoder()
         save_embedding_file("prompts.pt", dict(zip(prompts, enc.encode(prompts))), enc.id)
+
+    Args:
+        path: the file to write; its suffix (``.pt``, ``.pth`` or ``.npz``) picks the format.
+        embeddings: prompt → ``[l, D]`` token embeddings or a ``[D]`` vector (arrays or tensors).
+        encoder: the id of the encoder that made them.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        PromptError: for an embedding that is not ``[l, D]``/``[D]`` or not finite, entries of
+            different widths, or another suffix.
     """
     path = Path(path)
     table = {str(p): _as_tokens(v, f"prompt {p!r}") for p, v in embeddings.items()}
@@ -479,7 +587,15 @@ def save_embedding_file(path: str | Path, embeddings: Mapping[str, Any], encoder
 
 
 def cache_key(encoder_id: str, prompt: str) -> str:
-    """sha256 hex digest of the encoder id and the prompt: the file name of a cached encoding."""
+    """The file name (without ``.npy``) of a cached encoding.
+
+    Args:
+        encoder_id: the encoder's ``id`` (it names the encoder and its weights).
+        prompt: the prompt.
+
+    Returns:
+        The sha256 hex digest of the encoder id and the prompt.
+    """
     return hashlib.sha256(f"{encoder_id}\n{prompt}".encode()).hexdigest()
 
 
@@ -492,11 +608,16 @@ class PromptEmbeddings:
         max_tokens: L; longer prompts are cut (with a log warning), shorter ones padded with zeros and masked.
         cache_dir: folder of the on-disk cache (``<sha256>.npy`` per prompt, unpadded ``[l, D]``); None = no
             disk cache. Only used for encoders worth caching (``encoder.cacheable``).
-        expected_dim: the model's ``text_dim``; a different encoder width is a PromptError.
+        expected_dim: the model's ``text_dim``; None accepts any width.
 
     Every prompt of the table is encoded in the constructor (one ``encode`` call for all cache misses), so
     ``lookup`` is a dict access and the object pickles without the encoder (DataLoader workers).
     ``encoded`` / ``cache_hits`` count what the constructor did.
+
+    Raises:
+        ValueError: for ``max_tokens`` < 1.
+        PromptError: for an encoder width other than ``expected_dim``, or an embedding of the wrong shape,
+            or as the encoder's ``encode``.
     """
 
     def __init__(
@@ -541,7 +662,17 @@ class PromptEmbeddings:
         return self.cache_dir / f"{cache_key(self.encoder_id, prompt)}.npy"
 
     def prepare(self, prompts: Iterable[str]) -> None:
-        """Make sure every prompt in ``prompts`` is encoded (cache first, then one encoder call)."""
+        """Make sure every prompt is encoded: from the disk cache first, then in one encoder call.
+
+        Unreadable cache files are logged and re-encoded; new encodings are cached atomically.
+
+        Args:
+            prompts: the prompts ("" is skipped, as are prompts already encoded).
+
+        Raises:
+            PromptError: when a prompt must be encoded after pickling (no encoder), the encoder returns
+                another count, width or shape, or as the encoder's ``encode``.
+        """
         todo = [p for p in dict.fromkeys(prompts) if p and p not in self._tokens]
         missing = []
         for prompt in todo:
@@ -583,7 +714,18 @@ class PromptEmbeddings:
         return arr.astype(np.float32, copy=False)
 
     def embed(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(emb [L, D] float32, mask [L] bool)`` of one prompt; "" → zeros and an all-false mask (no text)."""
+        """The padded token embeddings of one prompt, encoding it first if needed.
+
+        Args:
+            prompt: the prompt; "" means no text.
+
+        Returns:
+            ``(emb [L, D] float32, mask [L] bool)``: tokens cut to ``max_tokens``, zero padding unmasked;
+            for "" zeros and an all-false mask.
+
+        Raises:
+            PromptError: as :meth:`prepare`, for a prompt not yet encoded.
+        """
         emb = np.zeros((self.max_tokens, self._dim), np.float32)
         mask = np.zeros(self.max_tokens, bool)
         if prompt:
@@ -595,15 +737,39 @@ class PromptEmbeddings:
         return emb, mask
 
     def prompt_for(self, key: str, group: str | None = None) -> str:
-        """The prompt of a tile (see :meth:`PromptTable.prompt_for`)."""
+        """The prompt of a tile (see :meth:`PromptTable.prompt_for`).
+
+        Args:
+            key: a tile id or a file name.
+            group: the tile's scene group, or None.
+
+        Returns:
+            The prompt; "" means no text.
+        """
         return self.table.prompt_for(key, group)
 
     def lookup(self, key: str, group: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(emb [L, D] float32, mask [L] bool)`` for tile ``key`` (tile id or file name) in group ``group``."""
+        """The padded token embeddings of a tile's prompt.
+
+        Args:
+            key: a tile id or a file name.
+            group: the tile's scene group, or None.
+
+        Returns:
+            ``(emb [L, D] float32, mask [L] bool)``, as :meth:`embed`.
+        """
         return self.embed(self.table.prompt_for(key, group))
 
     def batch(self, keys: Sequence[str], groups: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Stacked lookups: ``(emb [B, L, D], mask [B, L])``."""
+        """The padded token embeddings of a batch of tiles.
+
+        Args:
+            keys: B tile ids or file names.
+            groups: their scene groups, or None for none.
+
+        Returns:
+            ``(emb [B, L, D] float32, mask [B, L] bool)``, stacked :meth:`lookup` results.
+        """
         groups = groups if groups is not None else [None] * len(keys)
         pairs = [self.lookup(k, g) for k, g in zip(keys, groups)]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
@@ -622,7 +788,23 @@ def build_text_encoder(
     device: str = "cpu",
     dim: int = MINILM_DIM,
 ) -> TextEncoder | None:
-    """The encoder of a text source: "minilm", "file" (needs ``embeddings_file``), "hash" or "none" (→ None)."""
+    """The encoder of a text source.
+
+    Args:
+        source: "minilm", "file", "hash" or "none".
+        embeddings_file: the embedding file, needed by "file".
+        model_path: a local sentence-transformers model folder for "minilm"; None for the packaged model.
+        device: the torch device of "minilm".
+        dim: D of "hash".
+
+    Returns:
+        The encoder, or None for "none".
+
+    Raises:
+        ConfigError: for an unknown source, or "file" without ``embeddings_file``.
+        FileNotFoundError: for a missing embedding file.
+        PromptError: for an unreadable or malformed embedding file.
+    """
     if source == "none":
         return None
     if source == "minilm":
@@ -648,10 +830,26 @@ def build_prompt_embeddings(
     expected_dim: int | None = None,
     device: str = "cpu",
 ) -> PromptEmbeddings | None:
-    """One call from a config to ready-to-use embeddings; None for ``source="none"``.
+    """One call from a config to ready-to-use embeddings (every prompt encoded once, cached).
 
-    ``prompts``: a table or a prompts file path; ``default_prompt`` overrides its default (or, without a file,
-    is the one prompt of every tile). ``expected_dim`` = the model's ``text_dim`` (also the hash encoder's D).
+    Args:
+        source: "minilm", "file", "hash" or "none".
+        prompts: a :class:`PromptTable` or a prompts file path; None for one prompt for every tile.
+        default_prompt: overrides the table's default; without ``prompts``, the one prompt of every tile.
+        embeddings_file: the embedding file of source "file".
+        model_path: a local sentence-transformers model folder for "minilm".
+        cache_dir: the on-disk encoding cache; None for none.
+        max_tokens: L, the padded token count.
+        expected_dim: the model's ``text_dim`` (also the hash encoder's D); None accepts any width.
+        device: the torch device of "minilm".
+
+    Returns:
+        The embeddings, or None for ``source="none"``.
+
+    Raises:
+        ConfigError: for an unknown source, "file" without a file, or a missing or malformed prompts file.
+        PromptError: as :class:`EmbeddingFile` and :class:`PromptEmbeddings`.
+        ImportError: for "minilm" without the ``changeflow[text]`` extra, once a prompt must be encoded.
     """
     encoder = build_text_encoder(source, embeddings_file=embeddings_file, model_path=model_path, device=device,
                                  dim=expected_dim or MINILM_DIM)
@@ -667,7 +865,21 @@ def build_prompt_embeddings(
 
 
 def embeddings_from_config(text: TextConfig, cache_dir: str | Path, text_dim: int) -> PromptEmbeddings | None:
-    """:func:`build_prompt_embeddings` for a ``text:`` section (training, and detection from the checkpoint)."""
+    """:func:`build_prompt_embeddings` for a ``text:`` section (training, and detection from the checkpoint).
+
+    Args:
+        text: the ``text:`` section.
+        cache_dir: the on-disk encoding cache.
+        text_dim: the model's ``text_dim``.
+
+    Returns:
+        The embeddings, or None for source "none".
+
+    Raises:
+        ConfigError: as :func:`build_prompt_embeddings`.
+        PromptError: as :func:`build_prompt_embeddings`.
+        ImportError: as :func:`build_prompt_embeddings`.
+    """
     return build_prompt_embeddings(
         text.source, prompts=text.prompts, default_prompt=text.prompt, embeddings_file=text.embeddings,
         cache_dir=cache_dir, max_tokens=text.max_tokens, expected_dim=text_dim,
