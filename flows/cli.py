@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -25,6 +27,16 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """End the command on an error the user can fix: its message, exit code 2, no traceback."""
+    try:
+        yield
+    except ChangeflowError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+
+
 @app.callback()
 def main() -> None:
     """Run a pipeline stage from a YAML config."""
@@ -39,14 +51,11 @@ def prepare(
     ),
 ) -> None:
     """Catalog, group, co-register and tile scenes into a leakage-free train/val/test split."""
-    try:
+    with user_errors():
         load_config(config, PrepareConfig)
         from flows.prepare import run_prepare
 
         report = run_prepare(config, out, dask_address=dask_address, progress=True)
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["splits"].items())
     console.print(f"[green]prepared[/] {out}: tiles {splits}")
     for name, problem in {**report["groups_failed"], **report["scenes_refused"], **report["scenes_not_grouped"], **report["images_refused"]}.items():
@@ -78,11 +87,8 @@ def xbd(
     """Turn xBD pairs (building polygons with damage levels) into semantic change scenes for prepare."""
     from pipeline.learn.xbd import XBD_CLASSES, write_xbd_scenes
 
-    try:
+    with user_errors():
         scene_list = write_xbd_scenes(source, out, pairs=pair or None)
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     console.print(f"classes: {', '.join(f'{k} {name}' for k, name in enumerate(XBD_CLASSES))}")
     console.print(f"scene list: {scene_list}")
 
@@ -120,21 +126,17 @@ def train_command(
         console.print(f"[green]trained[/] {out}: best epoch {result['best_epoch']}, test {result['test']}")
 
 
-
 @app.command()
 def detect(
     config: Path = typer.Option(..., "--config", "-c", help="YAML detect config (prepared folder, checkpoint)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: COGs, GeoPackage and reports per group."),
 ) -> None:
     """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports."""
-    try:
+    with user_errors():
         load_config(config, DetectConfig)
         from flows.detect import detect_flow
 
         summaries = detect_flow(str(config), str(out), True)
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     _print_detections(summaries)
 
 
@@ -144,16 +146,13 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: prepared/, model/, detect/."),
 ) -> None:
     """Prepare, train, detect and evaluate from one config (the end-to-end job)."""
-    try:
+    with user_errors():
         settings = load_config(config, RunConfig)
         settings.train_config(out / "prepared")
         settings.detect_config(out / "prepared", out / "model" / "best.pt")
         from flows.run import run_flow
 
         report = run_flow(str(config), str(out), True)
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["prepare"]["splits"].items())
     console.print(f"[green]tiles[/]: {splits} ({out / 'prepared' / 'catalog.gpkg'})")
     console.print(f"[green]model[/]: {out / 'model' / 'best.pt'} (test {report['train']['test']})")
@@ -181,14 +180,11 @@ def ingest(
     config: Path = typer.Option(..., "--config", "-c", help="YAML ingest config (inbox, workspace, checkpoint)."),
 ) -> None:
     """One ingestion pass: claim new inbox scenes, prepare their groups, detect, archive."""
-    try:
+    with user_errors():
         load_config(config, IngestConfig).detect_config()
         from flows.ingest import ingest_flow
 
         report = ingest_flow(str(config.resolve()))
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     console.print(f"claimed {len(report['claimed'])} scene(s); groups {report['groups']}")
     for name, reason in report["refused"].items():
         console.print(f"[yellow]refused:[/] {name}: {reason}")
@@ -201,11 +197,8 @@ def serve(
     name: str = typer.Option("changeflow-ingest", "--name", help="Deployment name."),
 ) -> None:
     """Serve the ingest flow on a cron schedule (a long-running process; Ctrl-C stops it)."""
-    try:
+    with user_errors():
         load_config(config, IngestConfig).detect_config()
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=2) from None
     from flows.ingest import ingest_flow
 
     ingest_flow.serve(name=name, cron=cron, parameters={"config_path": str(config.resolve())}, limit=1)
