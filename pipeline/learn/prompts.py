@@ -405,7 +405,7 @@ class HashEncoder:
         return (v / max(float(np.linalg.norm(v)), 1e-6)).astype(np.float32)
 
     def encode(self, prompts: Sequence[str]) -> list[np.ndarray]:
-        """Token embeddings of some prompts: one token per ``\\w+`` word (lower-cased).
+        """Token embeddings of some prompts: one token per word (lower-cased).
 
         Args:
             prompts: the prompts; one without a word is a single token of its whole text.
