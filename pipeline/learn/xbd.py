@@ -67,7 +67,17 @@ SPLITS = ("train", "val", "test")
 
 
 def find_pairs(root: Path) -> list[str]:
-    """Pair names ``<disaster>_<id>`` with a pre and a post image under ``root/images``, sorted."""
+    """The complete xBD pairs of a folder.
+
+    Args:
+        root: an xBD folder (with ``images/``).
+
+    Returns:
+        Pair names ``<disaster>_<id>`` with both a pre and a post image under ``root/images``, sorted.
+
+    Raises:
+        InputError: naming ``root`` when it has no ``images/`` subfolder.
+    """
     images = root / "images"
     if not images.is_dir():
         raise InputError(root, "is not an xBD folder: no images/ subfolder")
@@ -104,9 +114,15 @@ def _read_polygons(path: Path) -> tuple[list[tuple[Any, str | None]], list[tuple
 
 
 def fit_geotransform(pairs: list[tuple[Any, Any]], max_residual_px: float = 0.5) -> tuple[Affine | None, float]:
-    """Least-squares pixel→lon/lat affine from matching polygon vertices; ``(None, residual)`` if unusable.
+    """Least-squares pixel→lon/lat affine from matching polygon vertices.
 
-    The residual is the largest vertex misfit in pixels.
+    Args:
+        pairs: (pixel polygon, lon/lat polygon) pairs; pairs whose exteriors differ in vertex count are skipped.
+        max_residual_px: the largest vertex misfit accepted, in pixels.
+
+    Returns:
+        The transform and the largest vertex misfit in pixels; ``(None, residual)`` when the fit is off by
+        more than ``max_residual_px``, and ``(None, inf)`` when fewer than 3 non-collinear vertices match.
     """
     src, dst = [], []
     for pixel, world in pairs:
@@ -138,7 +154,23 @@ def _burn(shapes: list[tuple[Any, int]], shape: tuple[int, int]) -> np.ndarray:
 def rasterize_pair(
     pre: list[tuple[Any, str | None]], post: list[tuple[Any, str | None]], shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """``(semantic_t1, semantic_t2, change, disagreement_pixels)`` as uint8 arrays; see the module docstring."""
+    """Rasterise one pair's pre and post building polygons (encodings in the module docstring).
+
+    Higher damage classes are burnt over lower ones, un-classified last; pixels where the pre and post
+    footprints disagree are 255 in all three maps.
+
+    Args:
+        pre: (pixel polygon, subtype) of the pre-disaster buildings (the subtype is not used).
+        post: (pixel polygon, subtype) of the post-disaster buildings.
+        shape: (height, width) of the images.
+
+    Returns:
+        ``(semantic_t1, semantic_t2, change, disagreement_pixels)``: three uint8 (height, width) maps and
+        the number of footprint-disagreement pixels.
+
+    Raises:
+        ValueError: for a post subtype not in :data:`XBD_T2_CODES`.
+    """
     t1 = _burn([(g, 1) for g, _ in pre if not g.is_empty], shape)
     burn_t2 = []
     for geom, subtype in post:
@@ -204,9 +236,15 @@ def convert_xbd(
         georeference: fit a lon/lat transform from the JSON polygons (EPSG:4326 tiles); False = pixel-space tiles.
         overwrite: rewrite existing tiles (default: skip tiles whose five files exist).
 
-    Returns a summary (also written to ``out/xbd_summary.json``): per pair its split counts, building / class /
-    change / ignored pixel counts, georeferencing residual; tiles per split; ``failed`` pairs with their error.
-    Raises :class:`InputError` if ``root`` holds no pair or no pair could be converted.
+    Returns:
+        A summary (also written to ``out/xbd_summary.json``): per pair its split counts, building / class /
+        change / ignored pixel counts, georeferencing residual; tiles per split; ``failed`` pairs with their
+        error (a pair that cannot be read does not stop the others).
+
+    Raises:
+        ValueError: for ``tile`` < 16.
+        InputError: naming ``root`` when it is not an xBD folder, holds no pair, lacks a pair of ``pairs``
+            or ``test_pairs``, or no pair could be converted.
     """
     root, out = Path(root), Path(out)
     if tile < 16:
@@ -313,6 +351,19 @@ def write_xbd_scenes(root: str | Path, out: str | Path, *, pairs: Sequence[str] 
     classes and change as for :func:`convert_xbd`, georeferenced in EPSG:4326 when the lon/lat fit
     works) and ``out/xbd_scenes.yaml`` listing them, one scene group per pair. Prepare then grids,
     tiles and splits them like any other group, with per-date class tiles in the tile index.
+
+    Args:
+        root: an xBD folder (``images/``, ``labels/``).
+        out: the output folder.
+        pairs: restrict to these pair names (default: every complete pair).
+
+    Returns:
+        The scene list ``out/xbd_scenes.yaml``.
+
+    Raises:
+        InputError: naming the folder or file, when ``root`` is not an xBD folder or holds no (selected)
+            pair, or an image or label JSON is missing or unreadable (the first such pair stops the run).
+        OSError: when an output cannot be written.
     """
     root, out = Path(root), Path(out)
     names = find_pairs(root)

@@ -76,12 +76,30 @@ DETECTED_SCALE = 65535.0
 
 
 def product_name(name: str) -> str | None:
+    """The GF-3 product id at the start of a file name.
+
+    Args:
+        name: a file name, e.g. ``GF3_KAS_FSII_020008_E120.3_N30.3_20200511_L1A_HH_L10004795305.tiff``.
+
+    Returns:
+        The name up to and including ``L<product number>``, or None when it is not a GF-3 name.
+    """
     match = NAME.match(name)
     return None if match is None else name[: match.end()]
 
 
 def sigma0_linear(samples: np.ndarray, qualify_value: float, calibration_const_db: float, *, slc: bool) -> np.ndarray:
-    """Linear sigma0 from raw samples: (2, H, W) I/Q for SLC, (H, W) DN for detected; NaN = nodata."""
+    """Linear sigma0 from raw samples, with SNAP's GF-3 calibration (module docstring).
+
+    Args:
+        samples: (2, H, W) I/Q for SLC, (H, W) DN for a detected product.
+        qualify_value: ``QualifyValue`` of the polarisation (the scene maximum before quantisation).
+        calibration_const_db: ``CalibrationConst`` K of the polarisation, in dB.
+        slc: whether ``samples`` are I/Q.
+
+    Returns:
+        float32 (H, W) linear sigma0, NaN where the samples are nodata (DN 0, I = Q = 0) or not finite.
+    """
     samples = np.asarray(samples, dtype=np.float64)
     if slc:
         i, q = samples[0], samples[1]
@@ -96,14 +114,36 @@ def sigma0_linear(samples: np.ndarray, qualify_value: float, calibration_const_d
 
 
 def sigma0_db(samples: np.ndarray, qualify_value: float, calibration_const_db: float, *, slc: bool) -> np.ndarray:
-    """sigma0 in dB (SNAP's formula); NaN = nodata."""
+    """sigma0 in dB (SNAP's formula): 10 · log10(A²) − K.
+
+    Args:
+        samples: (2, H, W) I/Q for SLC, (H, W) DN for a detected product.
+        qualify_value: ``QualifyValue`` of the polarisation.
+        calibration_const_db: ``CalibrationConst`` K of the polarisation, in dB.
+        slc: whether ``samples`` are I/Q.
+
+    Returns:
+        float32 (H, W) sigma0 dB, NaN where nodata or the linear value is not positive.
+    """
     linear = sigma0_linear(samples, qualify_value, calibration_const_db, slc=slc)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(linear > 0, 10.0 * np.log10(linear), np.nan).astype(np.float32)
 
 
 def locate(root: Path, product: Path) -> tuple[Path, dict[str, Path]]:
-    """The meta.xml and the TIFF of each polarisation."""
+    """The meta.xml and the TIFF of each polarisation of a product.
+
+    Args:
+        root: the product folder (searched 3 levels down), or its meta.xml.
+        product: the product as delivered, named in errors.
+
+    Returns:
+        The meta.xml and polarisation → TIFF for the TIFFs beside it with the same product number (empty
+        when there are none).
+
+    Raises:
+        InputError: naming the product, when a folder holds no meta.xml or more than one.
+    """
     if root.is_file():
         metas = [root]
         folder = root.parent
@@ -126,6 +166,21 @@ def locate(root: Path, product: Path) -> tuple[Path, dict[str, Path]]:
 
 
 def read_metadata(meta: Path, product: Path) -> dict:
+    """What the reader needs from a GF-3 ``meta.xml``.
+
+    Args:
+        meta: the meta.xml.
+        product: the product as delivered, named in errors.
+
+    Returns:
+        Acquisition time, product type and level, imaging and polar mode, the polarisations of the mode
+        (None for an unknown mode), (QualifyValue, CalibrationConst) per polarisation (None when missing,
+        'NULL' or NaN), looks, orbit and look direction, incidence angles, satellite and size.
+
+    Raises:
+        InputError: naming the product, when the file is missing or malformed, its root is not
+            ``<product>`` or it has no readable ``imageinfo/imagingTime/start``.
+    """
     root = parse_xml(meta, product)
     if local(root.tag) != "product":
         raise InputError(product, f"malformed XML in {meta.name}: root element is <{root.tag}>, expected <product>")
