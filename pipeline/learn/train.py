@@ -46,17 +46,29 @@ METRICS_CSV = "metrics.csv"
 
 @dataclass(frozen=True)
 class Distributed:
+    """Where this process stands in a ``torchrun`` job: its global rank, the process count and its local rank."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that validates and writes files."""
         return self.rank == 0
 
 
 def distributed_from_env() -> Distributed:
-    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    """This process's place in a torchrun job.
+
+    Returns:
+        RANK, WORLD_SIZE and LOCAL_RANK from the environment, or a single process without WORLD_SIZE
+        (or with WORLD_SIZE 1).
+
+    Raises:
+        KeyError: when WORLD_SIZE > 1 but RANK is unset.
+        ValueError: for a variable that is not an integer.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Distributed()
@@ -64,7 +76,17 @@ def distributed_from_env() -> Distributed:
 
 
 def model_roles(config: TrainConfig) -> tuple[list[str], bool]:
-    """Roles read per sample and whether the model trains with a teacher input."""
+    """The roles read per sample and whether the model trains with a teacher input.
+
+    Args:
+        config: the training config.
+
+    Returns:
+        ``config.inputs`` (plus ``config.teacher_input`` for a model with a teacher) and whether it has one.
+
+    Raises:
+        ConfigError: for an unknown model, listing the available ones.
+    """
     if config.model.lower().replace("-", "_") not in models.available():
         raise ConfigError(f"unknown model '{config.model}'; available: {', '.join(models.available())}")
     has_teacher = getattr(model_class(config.model), "has_teacher", False)
@@ -73,7 +95,19 @@ def model_roles(config: TrainConfig) -> tuple[list[str], bool]:
 
 
 def channel_options(config: TrainConfig, bands: dict[str, int]) -> dict[str, int]:
-    """Band counts in the keyword names the model's constructor uses."""
+    """Band counts in the keyword names the model's constructor uses.
+
+    Args:
+        config: the training config (its model and its two inputs, t1 then t2).
+        bands: band count per role.
+
+    Returns:
+        ``{"t1_channels", "t2_channels"}`` or ``{"optical_channels", "sar_channels"}``.
+
+    Raises:
+        ConfigError: when the constructor takes neither pair.
+        ValueError: for an unknown model.
+    """
     parameters = inspect.signature(model_class(config.model).__init__).parameters
     t1, t2 = config.inputs
     if "t1_channels" in parameters:
@@ -84,6 +118,19 @@ def channel_options(config: TrainConfig, bands: dict[str, int]) -> dict[str, int
 
 
 def build_model(name: str, options: dict[str, Any], channels: dict[str, int]) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: the registered model name.
+        options: the config's model options.
+        channels: the input band counts from :func:`channel_options` (they override ``options``).
+
+    Returns:
+        The model, on the CPU.
+
+    Raises:
+        ConfigError: naming the model, for an unknown name or a bad option.
+    """
     try:
         return models.build(name, **{**options, **channels})
     except (TypeError, ValueError) as exc:
@@ -106,14 +153,32 @@ def _as_float(value: Any) -> Any:
 
 
 def loss_target(batch: dict[str, torch.Tensor], semantic: bool) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The change label, or for semantic change models {"change", "t1", "t2"}."""
+    """The loss target of a batch.
+
+    Args:
+        batch: the batch, with ``label`` (and ``semantic_t1``, ``semantic_t2`` for semantic models).
+        semantic: whether the model is a semantic change model.
+
+    Returns:
+        The change label, or for semantic change models ``{"change", "t1", "t2"}``.
+    """
     if not semantic:
         return batch["label"]
     return {"change": batch["label"], "t1": batch["semantic_t1"], "t2": batch["semantic_t2"]}
 
 
 def semantic_classes(config: TrainConfig) -> int:
-    """K for semantic change models (from the options, else the class default), 0 for binary ones."""
+    """The semantic class count K of the configured model.
+
+    Args:
+        config: the training config (its model and model options).
+
+    Returns:
+        K from the options, else the constructor's default, else the class's; 0 for binary change models.
+
+    Raises:
+        ValueError: for an unknown model.
+    """
     cls = model_class(config.model)
     if not getattr(cls, "semantic_classes", 0):
         return 0
@@ -123,7 +188,22 @@ def semantic_classes(config: TrainConfig) -> int:
 
 
 def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
-    """Prompt embeddings of a text-guided model (None without a text config or with source none)."""
+    """Prompt embeddings of a text-guided model, cached under ``out/prompt_cache``.
+
+    Args:
+        config: the training config (its ``text`` section).
+        out: the run folder.
+        text_dim: the model's ``text_dim``.
+
+    Returns:
+        The embeddings (a :class:`~pipeline.learn.prompts.PromptEmbeddings`), or None without a text
+        config or with source "none".
+
+    Raises:
+        ConfigError: for a bad text source or prompts file, or an embedding problem (a PromptError).
+        ImportError: for source "minilm" without the ``changeflow[text]`` extra.
+        FileNotFoundError: for a missing embedding file or model folder.
+    """
     from pipeline.learn.prompts import embeddings_from_config  # the text extra only when text is used
 
     if config.text is None:
@@ -163,8 +243,19 @@ def _autocast(device: torch.device, enabled: bool):
 def evaluate(
     model: nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device, classes: int = 0
 ) -> dict[str, float]:
-    """Change-class metrics of the model (student only) over a loader; semantic change metrics too
-    (SeK, Fscd, mIoU, ...; :mod:`pipeline.learn.semantic_metrics`) when ``classes`` > 0."""
+    """Change-class metrics of the model (student only) over a loader, in eval mode.
+
+    Args:
+        model: the model (not its DDP wrapper).
+        loader: batches of the split to evaluate.
+        config: the training config (inputs, AMP).
+        device: where the model runs.
+        classes: K of a semantic change model, 0 for a binary one.
+
+    Returns:
+        The change metrics (``iou`` among them); with ``classes`` > 0 also the semantic change metrics
+        (SeK, Fscd, mIoU, ...; :mod:`pipeline.learn.semantic_metrics`) prefixed ``scd_``.
+    """
     model.eval()
     metrics = change_metrics(device)
     semantic = SemanticChangeMetrics(classes) if classes else None
@@ -267,7 +358,14 @@ class _Run:
     best_iou: float = -math.inf
 
     def payload(self, epoch: int) -> dict[str, Any]:
-        """The checkpoint after ``epoch``: enough to resume exactly or to run inference."""
+        """The checkpoint after ``epoch``: enough to resume exactly or to run inference.
+
+        Args:
+            epoch: the finished epoch (0-based).
+
+        Returns:
+            The payload for :func:`~pipeline.learn.checkpoint.save_checkpoint`.
+        """
         config = self.config
         return {
             "model": self.model.state_dict(),
