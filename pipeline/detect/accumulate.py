@@ -116,12 +116,28 @@ class Blender:
     device: torch.device
 
     def accumulator(self, extended: Rect) -> torch.Tensor:
-        """A zero accumulator over a block's extended rectangle."""
+        """A zero accumulator over a block's extended rectangle.
+
+        Args:
+            extended: (row0, col0, row1, col1) of the block plus its margin, in scene pixels.
+
+        Returns:
+            float32 zeros (channels + 1, rows, cols) on the device: the weighted sums, then the weight sum.
+        """
         shape = (self.channels + 1, extended[2] - extended[0], extended[3] - extended[1])
         return torch.zeros(shape, dtype=torch.float32, device=self.device)
 
     def add(self, acc: torch.Tensor, origin: tuple[int, int], offsets: list[Offset], batch: Batch) -> None:
-        """Run the model on a batch and add its windows, in order, to ``acc`` (origin in the scene)."""
+        """Run the model on a batch and add its weighted windows, in order, to an accumulator.
+
+        Windows that are nodata everywhere are left out before the forward pass.
+
+        Args:
+            acc: the block's accumulator from :meth:`accumulator`.
+            origin: (row, col) of the accumulator in the scene.
+            offsets: (row, col) of each window of the batch, in the scene.
+            batch: the windows' normalised tensors and joint valid mask.
+        """
         tensors, mask = batch
         keep = mask.flatten(1).any(dim=1)
         if not bool(keep.any()):

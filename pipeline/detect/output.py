@@ -38,7 +38,15 @@ class OutputPaths:
 
     @classmethod
     def in_folder(cls, out_dir: Path, semantic_classes: int) -> OutputPaths:
-        """The rasters of a detection into ``out_dir``; the semantic ones when ``semantic_classes`` > 0."""
+        """The rasters of a detection in a folder.
+
+        Args:
+            out_dir: the output folder.
+            semantic_classes: K of a semantic change model (its per-date and transition rasters too), else 0.
+
+        Returns:
+            The paths.
+        """
         semantic = {name: out_dir / file for name, file in SEMANTIC_FILES.items()} if semantic_classes else None
         return cls(out_dir / PROBABILITY_FILE, out_dir / CLASS_FILE, semantic)
 

@@ -36,7 +36,14 @@ Batch = tuple[list[torch.Tensor], torch.Tensor]  # tensors per role (N, C, h, w)
 
 
 class WindowReader:
-    """Reads and normalises batches of windows; each thread opens its own datasets."""
+    """Reads and normalises batches of windows; each thread opens its own datasets.
+
+    Args:
+        inputs: the group's grid rasters and black values.
+        stats: the checkpoint's normalisation statistics per role.
+        shape: (rows, cols) of every window.
+        pin: pin batches in page-locked memory (for a GPU).
+    """
 
     def __init__(self, inputs: GroupInputs, stats: dict[str, BandStats], shape: tuple[int, int], pin: bool) -> None:
         self.inputs = inputs

@@ -92,7 +92,17 @@ class DetectSettings:
 
     @classmethod
     def from_config(cls, config: DetectConfig) -> DetectSettings:
-        """The settings of a validated detect config."""
+        """The settings of a validated detect config.
+
+        Args:
+            config: the ``detect`` config.
+
+        Returns:
+            Its inference keys as settings.
+
+        Raises:
+            ValueError: as the constructor.
+        """
         return cls(**{field.name: getattr(config, field.name) for field in fields(cls)})
 
 

@@ -56,7 +56,11 @@ def fingerprint(checkpoint_sha: str, inputs: GroupInputs, settings: dict[str, An
 
 
 class Staging:
-    """``.detect-partial/``: finished blocks, their carries and the journal."""
+    """``.detect-partial/``: finished blocks, their carries and the journal.
+
+    Args:
+        root: the ``.detect-partial`` folder (created or cleared by :meth:`open`).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -185,6 +189,9 @@ class Carries:
 
     Block (i, j) hands on a ``right`` carry (the strip over block (i, j + 1)) and a ``bottom`` carry
     (the strip over the blocks below, corner included). Blocks outside the scene have none.
+
+    Args:
+        staging: where carries are staged.
     """
 
     def __init__(self, staging: Staging) -> None:

@@ -125,7 +125,11 @@ class Layout:
         return math.ceil(self.width / self.block)
 
     def blocks(self) -> list[Block]:
-        """Every block, in row-major (processing) order."""
+        """Every block of the scene.
+
+        Returns:
+            (row, col) indices in row-major (processing) order.
+        """
         return [(i, j) for i in range(self.block_rows) for j in range(self.block_cols)]
 
     def core(self, i: int, j: int) -> tuple[int, int, int, int]:

@@ -7,7 +7,14 @@ from scipy import ndimage
 
 
 class Collar:
-    """An irregular nodata collar of about ``collar`` px: slanted edges with a ragged profile."""
+    """An irregular nodata collar of about ``collar`` px: slanted edges with a ragged profile.
+
+    Args:
+        height: image rows.
+        width: image columns.
+        collar: mean collar width in pixels (0 or less: none).
+        rng: the random generator of the profiles.
+    """
 
     def __init__(self, height: int, width: int, collar: float, rng: np.random.Generator) -> None:
         self.height, self.width = height, width

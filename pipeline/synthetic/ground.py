@@ -42,7 +42,11 @@ class Render:
 
 
 class Ground:
-    """Reflectance of the synthetic ground at t1 or t2, at any integer window of A's pixel grid."""
+    """Reflectance of the synthetic ground at t1 or t2, at any integer window of A's pixel grid.
+
+    Args:
+        seed: the group's seed; the ground is a pure function of it.
+    """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
