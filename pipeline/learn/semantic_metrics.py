@@ -243,22 +243,33 @@ class SemanticChangeMetrics:
             standard), ``oa_scd``, ``kappa_scd``, ``sek_fromto``, ``sek_clearscd``, ``score_clearscd``,
             ``miou_sc``, ``miou_nc`` and ``miou_bc`` (ClearSCD).
         """
-        out: dict[str, float] = {}
-        k = self.num_classes
+        out = self._semantic_scores()
+        out.update(self._change_scores())
+        out.update(self._second_scores())
+        out.update(self._fromto_scores(out["change_iou"]))
+        out.update(self._consistency_scores(out["change_iou"]))
+        return out
 
+    def _semantic_scores(self) -> dict[str, float]:
+        """``semantic_*``: OA, mIoU, mF1, κ and per-class IoU of both dates pooled."""
         sem = self.semantic
         iou = class_iou(sem)
         diag = np.diag(sem).astype(np.float64)
         denom = sem.sum(0) + sem.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             f1 = np.where(denom > 0, 2 * diag / np.maximum(denom, 1), np.nan)
+        out: dict[str, float] = {}
         out["semantic_oa"] = _div(np.trace(sem), sem.sum())
         out["semantic_miou"] = _nanmean(iou)
         out["semantic_mf1"] = _nanmean(f1)
         out["semantic_kappa"] = cohen_kappa(sem)
-        out.update({f"semantic_iou_{c}": float(iou[c]) for c in range(k)})
+        out.update({f"semantic_iou_{c}": float(iou[c]) for c in range(self.num_classes)})
+        return out
 
+    def _change_scores(self) -> dict[str, float]:
+        """``change_*``: the binary change metrics (reference label vs change map)."""
         (tn, fp), (fn, tp) = self.change
+        out: dict[str, float] = {}
         out["change_precision"] = _div(tp, tp + fp)
         out["change_recall"] = _div(tp, tp + fn)
         out["change_f1"] = _div(2 * tp, 2 * tp + fp + fn)
@@ -267,8 +278,10 @@ class SemanticChangeMetrics:
         out["change_miou"] = _nanmean(np.array([out["change_iou"], out["change_iou_nochange"]]))
         out["change_oa"] = _div(tp + tn, self.change.sum())
         out["change_kappa"] = cohen_kappa(self.change)
+        return out
 
-        # SECOND / Bi-SRNet: per-date (K+1)-class matrix over both dates
+    def _second_scores(self) -> dict[str, float]:
+        """SECOND / Bi-SRNet standard from the per-date (K+1)-class matrix: ``sek``, ``score``, ``fscd*``."""
         h = self.dates
         total = h.sum()
         both_changed, both_unchanged = h[1:, 1:].sum(), h[0, 0]
@@ -277,6 +290,7 @@ class SemanticChangeMetrics:
         h0 = h.copy()
         h0[0, 0] = 0
         kappa_n0 = cohen_kappa(h0)
+        out: dict[str, float] = {}
         out["sek"] = kappa_n0 * math.exp(iou_fg - 1.0)
         out["score"] = 0.3 * _nanmean(np.array([iou_bg, iou_fg])) + 0.7 * out["sek"]
         sc_tp = np.trace(h[1:, 1:])
@@ -290,10 +304,17 @@ class SemanticChangeMetrics:
         else:
             p, r = out["fscd_precision"], out["fscd_recall"]
             out["fscd"] = 2 * p * r / (p + r)
+        return out
 
-        # ClearSCD: from→to matrix
+    def _fromto_scores(self, change_iou: float) -> dict[str, float]:
+        """ClearSCD from→to matrix Q: ``oa_scd``, ``kappa_scd``, ``sek_*``, ``score_clearscd``, ``miou_sc``.
+
+        ``change_iou`` is the change-head IoU that ClearSCD's SeK variant plugs in.
+        """
+        k = self.num_classes
         q = self.fromto
         nc = k * k
+        out: dict[str, float] = {}
         out["oa_scd"] = _div(np.trace(q), q.sum())
         out["kappa_scd"] = cohen_kappa(q)
         q0 = q.copy()
@@ -301,18 +322,22 @@ class SemanticChangeMetrics:
         kappa_hat = cohen_kappa(q0)
         iou_fromto = _div(q[:nc, :nc].sum(), q.sum() - q[nc, nc])
         out["sek_fromto"] = kappa_hat * math.exp(iou_fromto - 1.0)
-        out["sek_clearscd"] = kappa_hat * math.exp(out["change_iou"] - 1.0)
-        out["score_clearscd"] = 0.3 * out["change_iou"] + 0.7 * out["sek_clearscd"]
+        out["sek_clearscd"] = kappa_hat * math.exp(change_iou - 1.0)
+        out["score_clearscd"] = 0.3 * change_iou + 0.7 * out["sek_clearscd"]
         types = [i * k + j for i in range(k) for j in range(k) if i != j] + [nc]
         code_iou = class_iou(q)[types]
         present = q.sum(1)[types] > 0
         out["miou_sc"] = float(code_iou[present].mean()) if present.any() else math.nan
-
-        nc_iou = class_iou(self.nochange)
-        nc_iou[k] = out["change_iou"]
-        out["miou_nc"] = _nanmean(nc_iou)
-        out["miou_bc"] = _nanmean(class_iou(self.consistency)) if self.has_change_map else 1.0
         return out
+
+    def _consistency_scores(self, change_iou: float) -> dict[str, float]:
+        """``miou_nc`` ("changed" IoU replaced by ``change_iou``, as in ClearSCD) and ``miou_bc``."""
+        nc_iou = class_iou(self.nochange)
+        nc_iou[self.num_classes] = change_iou
+        return {
+            "miou_nc": _nanmean(nc_iou),
+            "miou_bc": _nanmean(class_iou(self.consistency)) if self.has_change_map else 1.0,
+        }
 
 
 def semantic_change_scores(
