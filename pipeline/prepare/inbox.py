@@ -60,22 +60,27 @@ class Workspace:
 
     @property
     def archive(self) -> Path:
+        """Processed scenes and products, kept so later scenes can still be grouped with them."""
         return self.root / "archive"
 
     @property
     def duplicates(self) -> Path:
+        """Scenes dropped again after they were ingested (same content fingerprint)."""
         return self.archive / "duplicates"
 
     @property
     def rejected(self) -> Path:
+        """Scenes and products the catalog refused, each with ``{name}.reason.txt`` beside it."""
         return self.root / "rejected"
 
     @property
     def claims(self) -> Path:
+        """One folder per run, holding the scenes that run claimed."""
         return self.root / "claims"
 
     @property
     def registry(self) -> Path:
+        """``ingested.json``: content fingerprint → name and run id of every archived scene."""
         return self.root / "ingested.json"
 
     @property
@@ -84,6 +89,14 @@ class Workspace:
         return self.root / "pending.json"
 
     def claim_dir(self, run_id: str) -> Path:
+        """The claim folder of one run.
+
+        Args:
+            run_id: the run's id.
+
+        Returns:
+            ``claims/{run_id}`` of the workspace (not created here).
+        """
         return self.claims / run_id
 
 
@@ -100,8 +113,19 @@ def _hash_file(digest, path: Path, name: str) -> None:
 def fingerprint(path: Path) -> str:
     """Content identity of a scene file or product (archive or folder), independent of mtimes.
 
-    A file: name, size, first and last megabyte. A folder: its name, and each file's relative name,
-    size, first and last megabyte.
+    Mtimes do not count, so a scene or product copied in again is still recognised; only the first
+    and last megabyte of each file are read.
+
+    Args:
+        path: a file (GOLD scene or archive) or a product folder.
+
+    Returns:
+        A SHA-256 hex digest of, for a file, its name, size, first and last megabyte; for a folder,
+        its name and each file's relative name, size, first and last megabyte (files up to 8 levels
+        down, hidden folders skipped).
+
+    Raises:
+        OSError: a file is missing or cannot be read.
     """
     digest = hashlib.sha256()
     if path.is_dir():
@@ -128,21 +152,47 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def read_registry(workspace: Workspace) -> dict[str, dict]:
+    """The registry of ingested scenes.
+
+    Args:
+        workspace: the ingestion workspace.
+
+    Returns:
+        Content fingerprint → ``{"name": ..., "run_id": ...}``; empty when there is no registry yet.
+
+    Raises:
+        json.JSONDecodeError: the registry is not valid JSON (it is never skipped, unlike ``pending.json``).
+    """
     if not workspace.registry.exists():
         return {}
     return json.loads(workspace.registry.read_text())
 
 
 def register(workspace: Workspace, entries: dict[str, dict]) -> None:
-    """Add fingerprints to the registry (read-modify-rename; claims already exclude concurrency)."""
+    """Add fingerprints to the registry, by read-modify-rename (no lock; claims keep two runs off one scene).
+
+    Args:
+        workspace: the ingestion workspace.
+        entries: content fingerprint → ``{"name": ..., "run_id": ...}``; an existing fingerprint is overwritten.
+
+    Raises:
+        json.JSONDecodeError: the existing registry is not valid JSON.
+    """
     _write_json(workspace.registry, {**read_registry(workspace), **entries})
 
 
 def is_product_candidate(path: Path) -> bool:
-    """An inbox entry claimed as a provider product: a recognised product folder, or an archive.
+    """Whether an inbox entry is claimed as a provider product: a recognised product folder, or an archive.
 
     Archives are not opened here (listing a large .tar.gz means decompressing it, and one still
     being copied cannot be listed): the catalog recognises or refuses them after the claim.
+
+    Args:
+        path: an entry of the inbox's top level.
+
+    Returns:
+        True for an archive file or a folder :func:`pipeline.products.recognise` names; False for
+        hidden entries, other files and folders, and folders it refuses (InputError).
     """
     if path.name.startswith("."):
         return False
@@ -157,7 +207,18 @@ def is_product_candidate(path: Path) -> bool:
 
 
 def product_state(path: Path) -> str:
-    """Hash of a product's names, sizes and mtimes (a stat of each file; nothing is read)."""
+    """Hash of a product's names, sizes and mtimes (a stat of each file; nothing is read).
+
+    Args:
+        path: a product folder or archive.
+
+    Returns:
+        A SHA-256 hex digest of :func:`pipeline.products.common.source_fingerprint`; it changes when a
+        file is added, removed, grown or touched.
+
+    Raises:
+        OSError: a file cannot be stat'ed (e.g. moved while being listed).
+    """
     payload = json.dumps(source_fingerprint(path), sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -190,12 +251,27 @@ def _settled_products(workspace: Workspace, candidates: list[Path], settle_secon
 
 
 def claim_new_scenes(inbox: Path, workspace: Workspace, run_id: str, *, settle_seconds: float = 0.0) -> list[Path]:
-    """Move the inbox's new scene files and products into this run's claim folder; returns the claimed paths.
+    """Move the inbox's new scene files and products into this run's claim folder.
 
     Files still being written (modified less than ``settle_seconds`` ago) and products not yet
     unchanged for ``settle_seconds`` between two polls wait for a later run (see the module
     docstring); scenes already ingested (same content fingerprint) are moved straight to the
-    archive's ``duplicates``.
+    archive's ``duplicates``. Each claim is an atomic rename, so overlapping runs never claim the
+    same entry; entries another run took meanwhile are skipped. Updates ``pending.json``.
+
+    Args:
+        inbox: the inbox folder; only its top level is scanned, hidden entries are ignored.
+        workspace: the ingestion workspace.
+        run_id: this run's id; names the claim folder ``claims/{run_id}`` (created).
+        settle_seconds: how long, in seconds, a file must be unmodified or a product unchanged
+            between polls before it is claimed; 0 claims on sight.
+
+    Returns:
+        The claimed paths in the claim folder, sorted (duplicates not included).
+
+    Raises:
+        FileNotFoundError: the inbox does not exist.
+        json.JSONDecodeError: the registry is not valid JSON.
     """
     target = workspace.claim_dir(run_id)
     target.mkdir(parents=True, exist_ok=True)
@@ -231,7 +307,19 @@ def move_into(path: Path, folder: Path, run_id: str) -> Path:
     """Move ``path`` into ``folder`` under its own name.
 
     A file replaces a file of the same name (as before products); a folder (or anything meeting a
-    folder) first moves the old one to ``folder/.superseded/{run_id}/``, hidden from inbox scans.
+    folder) first moves the old one to ``folder/.superseded/{run_id}/``, hidden from inbox scans
+    (superseded twice in one run, only the latest is kept).
+
+    Args:
+        path: the file or folder to move.
+        folder: the destination folder; created if missing.
+        run_id: the current run's id, naming the ``.superseded`` subfolder.
+
+    Returns:
+        The new path, ``folder / path.name``.
+
+    Raises:
+        OSError: the move fails (e.g. ``folder`` is on another file system, or ``path`` is gone).
     """
     folder.mkdir(parents=True, exist_ok=True)
     destination = folder / path.name
@@ -253,14 +341,42 @@ def _remove(path: Path) -> None:
 
 
 def reject(path: Path, workspace: Workspace, run_id: str, reason: str) -> Path:
-    """Move a scene or product the catalog refused into ``rejected/``, with ``{name}.reason.txt`` beside it."""
+    """Move a scene or product the catalog refused into ``rejected/``, with ``{name}.reason.txt`` beside it.
+
+    Args:
+        path: the refused scene file or product.
+        workspace: the ingestion workspace.
+        run_id: the current run's id (see :func:`move_into`).
+        reason: why the catalog refused it; written to the reason file (an existing one is replaced).
+
+    Returns:
+        The new path in ``rejected/``.
+
+    Raises:
+        OSError: the move or the write fails.
+    """
     moved = move_into(path, workspace.rejected, run_id)
     (workspace.rejected / f"{path.name}.reason.txt").write_text(reason + "\n")
     return moved
 
 
 def archive(paths: list[Path], workspace: Workspace, run_id: str) -> list[Path]:
-    """Register the processed scenes and products and move them into the archive."""
+    """Register the processed scenes and products and move them into the archive.
+
+    All fingerprints are registered before the first move.
+
+    Args:
+        paths: the processed scene files and products (in the claim folder).
+        workspace: the ingestion workspace.
+        run_id: the current run's id, recorded in the registry (see :func:`move_into`).
+
+    Returns:
+        The new paths in the archive, in the order of ``paths``.
+
+    Raises:
+        OSError: a path is missing or cannot be moved.
+        json.JSONDecodeError: the registry is not valid JSON.
+    """
     workspace.archive.mkdir(parents=True, exist_ok=True)
     register(workspace, {fingerprint(p): {"name": p.name, "run_id": run_id} for p in paths})
     return [move_into(path, workspace.archive, run_id) for path in paths]
