@@ -24,6 +24,14 @@ LAYERS = ("scenes", "groups", "tiepoints", "tiles")
 
 
 def crs_text(crs: CRS | None) -> str:
+    """A CRS as the text stored in the index's ``crs`` columns.
+
+    Args:
+        crs: the CRS; None for pixel space.
+
+    Returns:
+        ``EPSG:{code}`` when the CRS has an EPSG code, else its WKT; ``""`` for None.
+    """
     if crs is None:
         return ""
     epsg = crs.to_epsg()
@@ -31,6 +39,16 @@ def crs_text(crs: CRS | None) -> str:
 
 
 def scenes_frame(scenes: list[Scene], crs: CRS | None) -> gpd.GeoDataFrame:
+    """The ``scenes`` layer: one row per catalogued scene, its valid footprint as geometry.
+
+    Args:
+        scenes: the catalogued scenes.
+        crs: the run's common CRS the footprints are reprojected to (None for pixel-space runs).
+
+    Returns:
+        Rows with the scene's id, path, sensor, role, date (ISO), group, native CRS (see :func:`crs_text`),
+        transform (six comma-separated numbers), resolution, size, bands, dtype and nodata.
+    """
     rows = [
         {
             "scene_id": s.id,
@@ -56,6 +74,16 @@ def scenes_frame(scenes: list[Scene], crs: CRS | None) -> gpd.GeoDataFrame:
 
 
 def groups_frame(groups: list[Group], crs: CRS | None) -> gpd.GeoDataFrame:
+    """The ``groups`` layer: one row per group, its common valid area as geometry.
+
+    Args:
+        groups: the overlap groups; their common areas must already be in ``crs``.
+        crs: the run's common CRS (None for pixel-space runs).
+
+    Returns:
+        Rows with the group's name, reference scene id, ``{B,C,label}_id`` and ``overlap_{B,C,label}``
+        (None for a missing member) and ``common_area`` (in ``crs`` units²).
+    """
     rows = []
     for g in groups:
         row = {"group_name": g.name, "reference": g.reference.id}
@@ -70,7 +98,21 @@ def groups_frame(groups: list[Group], crs: CRS | None) -> gpd.GeoDataFrame:
 
 
 def tiepoints_frame(rows: list[dict], crs: CRS | None) -> gpd.GeoDataFrame:
-    """Tie points: one row per point, with its map position in the group grid's CRS."""
+    """The ``tiepoints`` layer: one row per co-registration tie point, placed on the map.
+
+    Args:
+        rows: tie point rows (see :func:`pipeline.prepare.assembly.tiepoint_rows`), each with its map
+            position ``map_x``/``map_y`` in its group grid's CRS ``grid_crs``; these three keys are
+            popped from the given dicts.
+        crs: the run's common CRS the points are reprojected to (None for pixel-space runs).
+
+    Returns:
+        The rows' other columns, a point geometry each; an empty layer when there are no tie points
+        (co-registration off).
+
+    Raises:
+        KeyError: a row lacks ``map_x``, ``map_y`` or ``grid_crs``.
+    """
     records, points = [], []
     for row in rows:
         points.append(reproject_geometry(Point(row.pop("map_x"), row.pop("map_y")), row.pop("grid_crs"), crs))
@@ -82,6 +124,21 @@ def tiepoints_frame(rows: list[dict], crs: CRS | None) -> gpd.GeoDataFrame:
 def tiles_frame(
     records: list[TileRecord], splits: dict[str, str], grid_crs: dict[str, CRS | None], crs: CRS | None
 ) -> gpd.GeoDataFrame:
+    """The ``tiles`` layer, training's index: one row per tile, its footprint as geometry.
+
+    Args:
+        records: the tiles that went to a split.
+        splits: tile id → split (train, val, test).
+        grid_crs: group name → the CRS of its grid (None in pixel space).
+        crs: the run's common CRS the footprints are reprojected to (None for pixel-space runs).
+
+    Returns:
+        Rows with the tile id, group, split, pixel offsets in the group grid, ``black_{role}`` per image,
+        ``change_fraction`` and the grid's CRS (see :func:`crs_text`).
+
+    Raises:
+        KeyError: a tile has no split in ``splits``, or its group no entry in ``grid_crs``.
+    """
     rows = []
     for r in records:
         rows.append(
@@ -119,5 +176,16 @@ def write_index(path: Path, frames: dict[str, gpd.GeoDataFrame]) -> None:
 
 
 def read_tiles(path: Path) -> pd.DataFrame:
-    """The tile index as written by `prepare`."""
+    """The tile index as written by `prepare`.
+
+    Args:
+        path: the GeoPackage written by :func:`write_index`.
+
+    Returns:
+        The ``tiles`` layer, as a GeoDataFrame (see :func:`tiles_frame`).
+
+    Raises:
+        pyogrio.errors.DataSourceError: ``path`` is missing or no GeoPackage.
+        pyogrio.errors.DataLayerError: the file has no ``tiles`` layer.
+    """
     return gpd.read_file(path, layer="tiles", engine="pyogrio")
