@@ -30,6 +30,8 @@ BLOCK_GAP_PX = 1
 
 @dataclass(frozen=True)
 class TileWindow:
+    """A candidate tile: its id, split block and pixel window in the group grid."""
+
     tile_id: str
     block: tuple[int, int]  # (block column, block row) inside the group
     window: Window
@@ -52,7 +54,17 @@ class TileRecord:
 
 
 def axis_positions(start: int, length: int, size: int, stride: int) -> list[int]:
-    """Window starts covering [start, start + length): exact stride, last one flush with the end."""
+    """Window starts covering [start, start + length): exact stride, last one flush with the end.
+
+    Args:
+        start: first pixel of the span.
+        length: length of the span, px.
+        size: window size, px.
+        stride: step between window starts, px (≥ 1).
+
+    Returns:
+        The window starts, ascending; empty when the span is shorter than ``size``.
+    """
     if length < size:
         return []
     positions = list(range(start, start + length - size + 1, stride))
@@ -62,8 +74,18 @@ def axis_positions(start: int, length: int, size: int, stride: int) -> list[int]
 
 
 def block_extents(length: int, block: int) -> list[tuple[int, int]]:
-    """(start, length) of the blocks along one axis: as many ``block``-long blocks as fit, with
-    the remainder spread evenly over them, one gap pixel between neighbours."""
+    """The split blocks along one axis: as many ``block``-long blocks as fit, remainder spread evenly.
+
+    Neighbouring blocks are separated by ``BLOCK_GAP_PX`` pixel(s), so their tiles never touch.
+
+    Args:
+        length: the grid's extent along the axis, px.
+        block: the nominal block length, px (``block_tiles × size``).
+
+    Returns:
+        ``(start, length)`` of each block, in order; a single block of the whole extent when it is
+        shorter than ``block``.
+    """
     count = max(1, (length + BLOCK_GAP_PX) // (block + BLOCK_GAP_PX))
     usable = length - (count - 1) * BLOCK_GAP_PX
     base, extra = divmod(usable, count)
@@ -76,7 +98,17 @@ def block_extents(length: int, block: int) -> list[tuple[int, int]]:
 
 
 def tile_windows(group: str, grid: GroupGrid, config: TilingConfig, block_tiles: int) -> list[TileWindow]:
-    """All candidate windows of a group grid, block by block, in a deterministic order."""
+    """All candidate windows of a group grid, block by block, in a deterministic order.
+
+    Args:
+        group: the group's name, prefix of the tile ids ``{group}_x{col}_y{row}``.
+        grid: the group's grid.
+        config: the tiling settings (``size`` and ``stride``, px).
+        block_tiles: the split block's side, in tile sizes.
+
+    Returns:
+        The windows, by block row, block column, then row and column inside the block.
+    """
     block = block_tiles * config.size
     windows = []
     for by, (row0, height) in enumerate(block_extents(grid.height, block)):
@@ -135,10 +167,26 @@ def cut_tiles(
     out_dir: Path,
     progress: callable | None = None,
 ) -> tuple[list[TileRecord], int]:
-    """Filter and write the tiles of one group; returns (kept records, number dropped as black).
+    """Filter and write the tiles of one group.
 
     A tile is dropped when ``config.black_threshold`` or more of its pixels are nodata or black in
     ANY image (GOLD checked optical t1 only). Labels are not images: their zeros are "no change".
+
+    Args:
+        group: the group's name.
+        images: role → the open grid COG of that image or label.
+        grid: the group's grid.
+        windows: the candidate windows (see :func:`tile_windows`).
+        config: the tiling settings (``black_value``, ``black_threshold``).
+        out_dir: the tiles folder; a kept tile is written to ``{out_dir}/{role}/{tile_id}.tif`` per role.
+        progress: called with 1 after each window is read.
+
+    Returns:
+        The records of the kept tiles, in window order, and the number of tiles dropped as black.
+
+    Raises:
+        InputError: a window cannot be read (truncated or corrupt file).
+        OSError: a tile cannot be written.
     """
     kept: list[TileRecord] = []
     dropped = 0
@@ -189,9 +237,16 @@ def find_duplicates(
 ) -> list[str]:
     """Tile ids to drop as duplicates of an already kept tile of another group (GOLD's rule).
 
-    ``footprints`` are (tile_id, group, geometry in one CRS) in priority order; a tile whose
-    overlap with a kept tile of another group exceeds ``max_overlap`` of the smaller is dropped.
-    Tiles of one group never duplicate each other: their overlap is the stride's.
+    A tile whose overlap with a kept tile of another group exceeds ``max_overlap`` of the smaller is
+    dropped. Tiles of one group never duplicate each other: their overlap is the stride's.
+
+    Args:
+        footprints: ``(tile_id, group, geometry)``, geometries in one CRS, in priority order; groups
+            are taken in the order of their first tile.
+        max_overlap: the overlap fraction (intersection / smaller area, 0–1) above which a tile is dropped.
+
+    Returns:
+        The ids of the dropped tiles.
     """
     by_group: dict[str, list[tuple[str, BaseGeometry]]] = {}
     for tile_id, group, geometry in footprints:
