@@ -3,7 +3,7 @@
 For every scene size N in ``--sizes`` and every model in ``--models`` the benchmark
 
 1. gets an N x N scene group: the A (GF-2-like 4-band uint16) and B (GF-3-like SAR sigma0 dB
-   float32) images written by :func:`pipeline.synthetic.scenes.write_large_group` are already on one grid
+   float32) images written by :func:`pipeline.synthetic.large.write_large_group` are already on one grid
    (A's), so they are hard-linked (symlinked across file systems) as ``grid/A.tif`` and
    ``grid/B.tif`` of a group folder with a minimal ``manifest.json``: what detection reads, without
    the prepare step. ``--scenes-dir N=DIR`` reuses an existing ``write_large_group`` folder (e.g.
