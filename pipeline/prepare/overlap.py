@@ -6,6 +6,7 @@ whatever the inputs' CRSs (GOLD compared raw coordinates of each file's own CRS)
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -166,8 +167,9 @@ def build_groups(scenes: list[Scene], min_overlap: float) -> tuple[list[Group], 
         min_overlap: the least overlap ratio (see :func:`overlap_ratio`, 0–1] of a member with the A image.
 
     Returns:
-        The groups (named groups in name order, then the free references in date order), the reason
-        per ungrouped scene id, and the common CRS of the footprints (None in pixel space).
+        The groups (named groups in name order, then the free references: dated ones in date order,
+        then undated ones by id), the reason per ungrouped scene id, and the common CRS of the
+        footprints (None in pixel space).
     """
     crs = common_crs(scenes)
     footprints = {scene.id: footprint_in(scene, crs) for scene in scenes}
@@ -194,7 +196,10 @@ def build_groups(scenes: list[Scene], min_overlap: float) -> tuple[list[Group], 
         else:
             groups.append(group)
 
-    references = sorted((s for s in free if s.role is Role.A), key=lambda s: (s.date or s.id, s.id))
+    # Dated references first, in date order, then undated ones by id (a date and an id never compare).
+    references = sorted(
+        (s for s in free if s.role is Role.A), key=lambda s: (s.date is None, s.date or dt.date.min, s.id)
+    )
     pool: dict[Role, list[Scene]] = defaultdict(list)
     for scene in free:
         if scene.role is not Role.A:

@@ -92,3 +92,19 @@ def test_overlap_ratio_is_over_the_smaller_area():
 
     assert overlap_ratio(box(0, 0, 10, 10), box(0, 0, 5, 5)) == 1.0
     assert overlap_ratio(box(0, 0, 10, 10), box(5, 0, 15, 10)) == 0.5
+
+
+def test_dated_and_undated_free_references_are_grouped_dated_first(tmp_path):
+    # Issue 13: a date and a scene id were compared in one sort and the whole prepare crashed.
+    elsewhere = ORIGIN @ Affine.translation(5000, 0)
+    entries = [
+        SceneEntry(path=_image(tmp_path, "undated_a", (0, 100)), role=Role.A),
+        SceneEntry(path=_image(tmp_path, "undated_c", (0, 100)), role=Role.C),
+        SceneEntry(path=_image(tmp_path, "dated_a", (0, 100), transform=elsewhere), role=Role.A,
+                   date=dt.date(2020, 1, 1)),
+        SceneEntry(path=_image(tmp_path, "dated_c", (0, 100), transform=elsewhere), role=Role.C),
+    ]
+    groups, unpaired, _ = _groups(tmp_path, entries)
+    assert [g.name for g in groups] == ["dated_a", "undated_a"]
+    assert [g.members[Role.C].id for g in groups] == ["dated_c", "undated_c"]
+    assert unpaired == {}
