@@ -27,6 +27,7 @@ from torch import nn
 from pipeline.detect.inference import TextTensors, predict
 from pipeline.detect.reading import Batch
 from pipeline.detect.staging import Carries, Staging
+from pipeline.detect.vectorize import decode_uint8, is_change
 from pipeline.detect.windows import Block, Layout, Offset, block_id
 from pipeline.io.raster import NODATA_U8
 
@@ -62,19 +63,16 @@ def add_piece(acc: torch.Tensor, origin: tuple[int, int], limit: Rect,
     ]
 
 
-def _semantic_rasters(core: torch.Tensor, valid: torch.Tensor, threshold: float) -> dict[str, np.ndarray]:
+def _semantic_rasters(core: torch.Tensor, valid: np.ndarray, changed: np.ndarray) -> dict[str, np.ndarray]:
     """Per-date class maps (argmax of the blended posteriors) and from→to codes where changed."""
-    weighted, weight = core[0], core[-1]
     k = (core.shape[0] - 2) // 2
-    nodata = torch.full_like(valid, NODATA_U8, dtype=torch.uint8)
-    maps = [core[1 + index * k:1 + (index + 1) * k].argmax(0).to(torch.uint8) for index in (0, 1)]
+    maps = [core[1 + index * k:1 + (index + 1) * k].argmax(0).to(torch.uint8).cpu().numpy() for index in (0, 1)]
     rasters = {}
     for name, classes_map in zip(("semantic_t1", "semantic_t2"), maps):
-        rasters[name] = torch.where(valid, classes_map, nodata).cpu().numpy()[None]
-    changed = weighted > threshold * weight
-    code = (1 + k * maps[0].int() + maps[1].int()).to(torch.uint8)
-    transitions = torch.where(changed, code, torch.zeros_like(code))
-    rasters["transitions"] = torch.where(valid, transitions, nodata).cpu().numpy()[None]
+        rasters[name] = np.where(valid, classes_map, NODATA_U8).astype(np.uint8)[None]
+    code = (1 + k * maps[0].astype(np.int32) + maps[1]).astype(np.uint8)
+    transitions = np.where(changed, code, 0)
+    rasters["transitions"] = np.where(valid, transitions, NODATA_U8).astype(np.uint8)[None]
     return rasters
 
 
@@ -84,24 +82,30 @@ def finalise(core: torch.Tensor, dtype: ProbabilityDtype, threshold: float) -> d
     Args:
         core: (weighted sums..., weight sum) over the block's own pixels.
         dtype: "uint8" (round(p × 254), 255 nodata) or "float32" (NaN nodata) probabilities.
-        threshold: change where the probability exceeds it.
+        threshold: change where the written probability exceeds it (:func:`~pipeline.detect.vectorize.is_change`).
 
     Returns:
         (1, h, w) arrays: "probability" and "classes" (0, 1, 255 nodata); with semantic channels also
         "semantic_t1", "semantic_t2" and "transitions" (0 no change, 1 + K·from + to where changed).
     """
     weighted, weight = core[0], core[-1]
-    valid = weight > 0
-    rasters = _semantic_rasters(core, valid, threshold) if core.shape[0] > 2 else {}
-    p = torch.where(valid, weighted / torch.where(valid, weight, torch.ones_like(weight)), torch.zeros_like(weight))
+    valid_t = weight > 0
+    p = torch.where(valid_t, weighted / torch.where(valid_t, weight, torch.ones_like(weight)), torch.zeros_like(weight))
     p = p.clamp(0.0, 1.0)
+    valid = valid_t.cpu().numpy()
     if dtype == "uint8":
-        q = torch.floor(p * PROBABILITY_SCALE + 0.5).to(torch.uint8)
-        probability = torch.where(valid, q, torch.full_like(q, NODATA_U8))
+        q = torch.floor(p * PROBABILITY_SCALE + 0.5).to(torch.uint8).cpu().numpy()
+        probability = np.where(valid, q, NODATA_U8).astype(np.uint8)
+        stored = decode_uint8(q)
     else:
-        probability = torch.where(valid, p, torch.full_like(p, float("nan")))
-    classes = torch.where(valid, (p > threshold).to(torch.uint8), torch.full_like(valid, NODATA_U8, dtype=torch.uint8))
-    return {"probability": probability.cpu().numpy()[None], "classes": classes.cpu().numpy()[None], **rasters}
+        stored = p.cpu().numpy().astype(np.float32)
+        probability = np.where(valid, stored, np.float32(np.nan))
+    # The rule applies to the probability as written, so thresholding the written raster again
+    # (vectorize with a threshold, or a user in QGIS) gives this class raster pixel for pixel.
+    changed = is_change(stored, threshold)
+    classes = np.where(valid, changed, NODATA_U8).astype(np.uint8)
+    rasters = _semantic_rasters(core, valid, changed) if core.shape[0] > 2 else {}
+    return {"probability": probability[None], "classes": classes[None], **rasters}
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 The class raster (uint8: 0 no change, 1 change or semantic class ids, 255 nodata) is read block by
 block, never whole. Each block goes through:
 
-1. **Classes**: the class raster itself, or ``probability >= threshold`` when a threshold is given
-   (nodata wherever the probability is nodata).
+1. **Classes**: the class raster itself, or ``probability > threshold`` when a threshold is given
+   (nodata wherever the probability is nodata): detection's rule (:func:`is_change`), so a
+   probability raster of ``changeflow detect`` thresholded here gives its class raster.
 2. **Sieve** (``rasterio.features.sieve``, 4-connected): regions of fewer than ``sieve_px`` pixels are
    merged into their largest neighbour; nodata is masked out (neither sieved nor a neighbour). The
    sieve runs on the block *plus a margin of ``sieve_px + 1`` pixels*, and only the block's core is
@@ -96,6 +97,33 @@ class _Pieces:
     on_seam: list = field(default_factory=list)
 
 
+def decode_uint8(values: np.ndarray) -> np.ndarray:
+    """uint8 probabilities ``round(p · 254)`` as float32 probabilities (nodata is not masked here).
+
+    Args:
+        values: the stored integers.
+
+    Returns:
+        float32 ``values / 254``.
+    """
+    return values.astype(np.float32) / np.float32(PROBABILITY_SCALE)
+
+
+def is_change(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """The change rule of detection's class raster and of vectorisation: ``probability > threshold``.
+
+    Both compare in float32, so a pixel exactly at the threshold is "no change" in both.
+
+    Args:
+        probability: float32 probabilities (:func:`decode_uint8` for uint8 ones), NaN where nodata.
+        threshold: the class threshold.
+
+    Returns:
+        bool, False where the probability is NaN.
+    """
+    return np.asarray(probability, np.float32) > np.float32(threshold)
+
+
 def probability_block(dataset: rasterio.io.DatasetReader, window: Window) -> np.ndarray:
     """One window of a probability raster, as probabilities.
 
@@ -109,7 +137,7 @@ def probability_block(dataset: rasterio.io.DatasetReader, window: Window) -> np.
     data, valid = read_window(dataset, window)
     band = data[0]
     if np.issubdtype(band.dtype, np.integer):
-        prob = band.astype(np.float32) / PROBABILITY_SCALE
+        prob = decode_uint8(band)
         nodata = NODATA_U8 if dataset.nodata is None else dataset.nodata
         valid &= band != nodata
     else:
@@ -368,7 +396,7 @@ def _block_pieces(
     else:
         prob_outer = probability_block(prob_ds, outer)
         valid = np.isfinite(prob_outer)
-        block = (np.nan_to_num(prob_outer, nan=0.0) >= threshold).astype(np.uint8)
+        block = is_change(prob_outer, threshold).astype(np.uint8)
     if not valid.any():
         return
     if margin:
@@ -437,7 +465,7 @@ def polygonize(
     Args:
         classes: the class raster, or None to threshold ``probability``.
         probability: the probability raster, for the zonal statistics (and the classes with a threshold).
-        threshold: None to use ``classes``; a value gives the classes ``probability >= threshold``.
+        threshold: None to use ``classes``; a value gives the classes ``probability > threshold`` (:func:`is_change`).
         sieve_px: regions smaller than this many pixels are merged into their largest neighbour.
         min_area_m2: polygons of a smaller exact pixel area are dropped.
         simplify_px: simplification tolerance in pixels (0: none).
@@ -522,7 +550,7 @@ def vectorize(
         classes: the class raster, or None to threshold ``probability``.
         probability: the probability raster (zonal statistics; the classes with a threshold), or None.
         out_gpkg: the GeoPackage; an existing file keeps its other layers.
-        threshold: None to use ``classes``; a value gives the classes ``probability >= threshold``.
+        threshold: None to use ``classes``; a value gives the classes ``probability > threshold`` (:func:`is_change`).
         sieve_px: regions smaller than this many pixels are merged into their largest neighbour.
         min_area_m2: polygons of a smaller exact pixel area are dropped.
         simplify_px: simplification tolerance in pixels (0: none).
