@@ -15,7 +15,8 @@ import torch
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
 
-REQUIRED = ("model", "model_name", "model_options", "normalization", "epoch", "config")
+# What resuming and detection read; a checkpoint re-saved without one of them is refused at load.
+REQUIRED = ("model", "model_name", "model_options", "normalization", "epoch", "config", "inputs", "bands")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ def make_payload(model: nn.Module) -> dict:
         "best_iou": 0.625,
         "normalization": {"A": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 0.5, 0.5]}},
         "bands": {"A": ["red", "green", "blue"]},
+        "inputs": ["A", "B"],
         "config": {"model": "fc_ef", "epochs": 10, "device": "auto"},
     }
 
@@ -74,7 +75,9 @@ def test_loaded_tensors_are_on_the_map_location(tmp_path):
 
 
 def test_required_keys():
-    assert set(REQUIRED) == {"model", "model_name", "model_options", "normalization", "epoch", "config"}
+    assert set(REQUIRED) == {
+        "model", "model_name", "model_options", "normalization", "epoch", "config", "inputs", "bands",
+    }
 
 
 def test_a_missing_checkpoint_is_an_input_error_naming_the_file(tmp_path):
@@ -110,6 +113,18 @@ def test_an_incomplete_checkpoint_names_the_missing_keys(tmp_path):
     with pytest.raises(InputError, match=r"missing normalization, config") as info:
         load_checkpoint(path)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("missing", [("inputs",), ("bands",), ("inputs", "bands")])
+def test_a_checkpoint_resaved_without_what_detection_reads_names_the_file_and_entries(tmp_path, missing):
+    payload = make_payload(nn.Conv2d(3, 2, 1))
+    for key in missing:
+        del payload[key]
+    path = save_checkpoint(tmp_path / "best.pt", payload)  # e.g. re-saved by hand
+    with pytest.raises(InputError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path}: not a changeflow checkpoint (missing {', '.join(missing)})"
+    assert info.value.path == path
 
 
 def test_a_bare_state_dict_is_not_a_checkpoint(tmp_path):
