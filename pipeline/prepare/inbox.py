@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from pipeline.errors import InputError
 from pipeline.io.atomic import write_atomic
 from pipeline.prepare.catalog import INBOX_PATTERN
@@ -168,8 +170,13 @@ def read_registry(workspace: Workspace) -> dict[str, dict]:
     return json.loads(workspace.registry.read_text())
 
 
+def _registry_lock(workspace: Workspace) -> FileLock:
+    """The lock around the registry's read-modify-rename: overlapping passes would lose each other's entries."""
+    return FileLock(workspace.registry.with_name(f".{workspace.registry.name}.lock"))
+
+
 def register(workspace: Workspace, entries: dict[str, dict]) -> None:
-    """Add fingerprints to the registry, by read-modify-rename (no lock; claims keep two runs off one scene).
+    """Add fingerprints to the registry, by read-modify-rename under a file lock.
 
     Args:
         workspace: the ingestion workspace.
@@ -178,7 +185,24 @@ def register(workspace: Workspace, entries: dict[str, dict]) -> None:
     Raises:
         json.JSONDecodeError: the existing registry is not valid JSON.
     """
-    _write_json(workspace.registry, {**read_registry(workspace), **entries})
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with _registry_lock(workspace):
+        _write_json(workspace.registry, {**read_registry(workspace), **entries})
+
+
+def unregister(workspace: Workspace, fingerprints: list[str]) -> None:
+    """Forget scenes (e.g. given up), so that dropped again they are claimed anew rather than set aside.
+
+    Args:
+        workspace: the ingestion workspace.
+        fingerprints: content fingerprints to remove; unknown ones are ignored.
+
+    Raises:
+        json.JSONDecodeError: the existing registry is not valid JSON.
+    """
+    with _registry_lock(workspace):
+        registry = read_registry(workspace)
+        _write_json(workspace.registry, {key: value for key, value in registry.items() if key not in set(fingerprints)})
 
 
 def is_product_candidate(path: Path) -> bool:

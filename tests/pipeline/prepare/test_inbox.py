@@ -9,7 +9,16 @@ import threading
 import pytest
 
 from pipeline.prepare import inbox as inbox_module
-from pipeline.prepare.inbox import Workspace, archive, claim_new_scenes, fingerprint, reject
+from pipeline.prepare.inbox import (
+    Workspace,
+    archive,
+    claim_new_scenes,
+    fingerprint,
+    read_registry,
+    register,
+    reject,
+    unregister,
+)
 from tests.fixtures.products import Scenery, write_gf2_product, write_gf3_product, write_s2_product
 
 
@@ -174,3 +183,39 @@ def test_a_refused_product_folder_goes_to_rejected_with_its_reason(products, tmp
     moved = reject(folder, workspace, "run1", "cannot be read as a gf2 product (broken)")
     assert moved == workspace.rejected / folder.name and moved.is_dir()
     assert "broken" in (workspace.rejected / f"{folder.name}.reason.txt").read_text()
+
+
+def test_concurrent_registry_writers_lose_no_entry(tmp_path):
+    """Four passes registering at once (threads here; the lock is a file lock, so processes too)."""
+    workspace = Workspace(tmp_path / "ws")
+    workspace.root.mkdir()
+    start = threading.Barrier(4)
+    errors = []
+
+    def run(writer: int) -> None:
+        start.wait()
+        try:
+            for i in range(40):
+                register(workspace, {f"{writer}-{i}": {"name": f"s{writer}_{i}_A.tif", "run_id": f"run{writer}"}})
+        except Exception as exc:  # collected: a failed write is a lost entry too
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(writer,)) for writer in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(read_registry(workspace)) == sorted(f"{w}-{i}" for w in range(4) for i in range(40))
+
+
+def test_unregister_forgets_scenes_so_they_can_be_dropped_again(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "x_A.tif").write_bytes(b"a")
+    workspace = Workspace(tmp_path / "ws")
+    archived = archive(claim_new_scenes(inbox, workspace, "run1"), workspace, "run1")
+    shutil.copy(archived[0], inbox / "x_A.tif")
+    unregister(workspace, [fingerprint(archived[0])])
+    assert read_registry(workspace) == {}
+    assert [p.name for p in claim_new_scenes(inbox, workspace, "run2")] == ["x_A.tif"]
