@@ -4,17 +4,23 @@ GOLD shuffled tiles (not places) and assigned them greedily to match the global 
 50 %-overlapping neighbours landed in train and val, and its test split was a copy of val. Here
 whole blocks are assigned (``pipeline.prepare.tiling`` keeps tiles of different blocks apart), with
 GOLD's greedy objective: the split's share of tiles close to its ratio and its change fraction
-close to the global one (as a relative error, so that rare change still weighs). Block keys are sorted before a seeded shuffle, so the result is the same
-on every run and machine (GOLD depended on Python's string-hash seed).
+close to the global one (as a relative error, so that rare change still weighs). Block keys are sorted
+before a seeded shuffle, so the result is the same on every run and machine (GOLD depended on Python's
+string-hash seed). When the data allow it, every split gets some change: a split without change pixels
+cannot be trained on or evaluated. Blocks too large for the ratios are shrunk (:func:`fit_block_tiles`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
+
+from pipeline.errors import ConfigError
+from pipeline.prepare.tiling import block_extents
 
 BlockKey = tuple[str, int, int]  # (group, block column, block row)
 SPLITS = ("train", "val", "test")
@@ -40,16 +46,21 @@ def _cost(
     if global_change > 0:
         for split in ratios:
             if labelled[split] > 0:
-                cost += CHANGE_WEIGHT * abs(change[split] / labelled[split] / global_change - 1.0)
+                # Capped: with rare change, one changed block makes a split's fraction many times the
+                # global one, and an uncapped error would outweigh the tile shares.
+                cost += CHANGE_WEIGHT * min(1.0, abs(change[split] / labelled[split] / global_change - 1.0))
     return cost
 
 
 def assign_splits(blocks: dict[BlockKey, BlockStats], ratios: dict[str, float], seed: int) -> dict[BlockKey, str]:
-    """Split of every block; each split with a positive ratio gets a block when there are enough.
+    """Split of every block; each split with a positive ratio gets a block, and change, when there are enough.
 
     Blocks are taken in a seeded shuffle of their sorted keys and each goes to the split that keeps
     the tile shares closest to ``ratios`` and the change fractions closest to the global one (GOLD's
-    greedy objective); ties go to train, then val, then test.
+    greedy objective); ties go to train, then val, then test. Two constraints narrow the choice when
+    the remaining blocks are just enough: a split still without a block gets one, and a split still
+    without change pixels gets a changed block (train first, then val, then test when fewer blocks
+    than splits hold change); the first constraint wins when they disagree.
 
     Args:
         blocks: the stats of every block, by (group, block column, block row).
@@ -68,12 +79,20 @@ def assign_splits(blocks: dict[BlockKey, BlockStats], ratios: dict[str, float], 
     counts = dict.fromkeys(active, 0.0)
     change = dict.fromkeys(active, 0.0)
     labelled = dict.fromkeys(active, 0.0)
+    changed_left = sum(1 for b in blocks.values() if b.change_pixels > 0)
+    # The splits that should hold change: all of them when enough blocks are changed.
+    wants_change = [s for s in SPLITS if s in active][:changed_left]
     assignment: dict[BlockKey, str] = {}
     for position, key in enumerate(order):
         stats = blocks[key]
         empty = [s for s in active if counts[s] == 0]
         remaining = len(order) - position
         candidates = empty if 0 < len(empty) >= remaining else list(active)
+        if stats.change_pixels > 0:
+            lacking = [s for s in wants_change if change[s] == 0]
+            if 0 < len(lacking) >= changed_left and set(lacking) & set(candidates):
+                candidates = [s for s in candidates if s in lacking]
+            changed_left -= 1
 
         def cost_if(split: str) -> float:
             trial_counts = {**counts, split: counts[split] + stats.tiles}
@@ -87,6 +106,65 @@ def assign_splits(blocks: dict[BlockKey, BlockStats], ratios: dict[str, float], 
         change[best] += stats.change_pixels
         labelled[best] += stats.labelled_pixels
     return assignment
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """The split block size used: ``requested`` and ``used`` in tile sizes, the blocks it gives and needs."""
+
+    requested: int
+    used: int
+    blocks: int
+    needed: int
+    note: str | None
+
+
+def _count_blocks(extents: list[tuple[int, int]], size: int, block_tiles: int) -> int:
+    block = block_tiles * size
+    return sum(
+        len(block_extents(width, block)) * len(block_extents(height, block))
+        for width, height in extents if min(width, height) >= size
+    )
+
+
+def fit_block_tiles(
+    extents: list[tuple[int, int]], size: int, block_tiles: int, ratios: dict[str, float]
+) -> BlockPlan:
+    """The largest block size, at most ``block_tiles``, that gives enough blocks for the ratios.
+
+    Enough is one block for the smallest positive share (``ceil(1 / min ratio)``, at least one per
+    split with a positive ratio). When no size gives that many, blocks of one tile size are used if they
+    give every split a block. Blocks are counted on the grids' extents, before black tiles are dropped.
+
+    Args:
+        extents: (width, height) of every group grid, px.
+        size: the tile size, px.
+        block_tiles: the configured block side (``split.block_tiles``), in tile sizes.
+        ratios: the split shares (``train``, ``val``, ``test``).
+
+    Returns:
+        The plan; its ``note`` explains a shrink (None when the configured size is kept).
+
+    Raises:
+        ConfigError: even blocks of one tile size are fewer than the splits with a positive ratio.
+    """
+    shares = [r for r in ratios.values() if r > 0]
+    needed = max(len(shares), math.ceil(1 / min(shares) - 1e-9))
+    counts = {b: _count_blocks(extents, size, b) for b in range(block_tiles, 0, -1)}
+    if counts[block_tiles] >= needed:
+        return BlockPlan(block_tiles, block_tiles, counts[block_tiles], needed, None)
+    used = next((b for b, n in counts.items() if n >= needed), 1)
+    if counts[used] < len(shares):
+        raise ConfigError(
+            f"split.block_tiles: the scenes give only {counts[1]} blocks even with block_tiles 1 (one tile of "
+            f"{size} px), fewer than the {len(shares)} splits with a positive ratio; use a smaller tiling.size, "
+            "more scenes, or set a split's ratio to 0"
+        )
+    note = (
+        f"split.block_tiles {block_tiles} gives {counts[block_tiles]} block(s), too few for the ratios "
+        f"(at least {needed}); used block_tiles {used} ({counts[used]} blocks)"
+    )
+    return BlockPlan(block_tiles, used, counts[used], needed, note)
 
 
 def isolation_conflicts(tiles: list[tuple[str, str, BaseGeometry]]) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from shapely.geometry import box
 
-from pipeline.prepare.split import BlockStats, assign_splits, isolation_conflicts
+from pipeline.errors import ConfigError
+from pipeline.prepare.split import BlockStats, assign_splits, fit_block_tiles, isolation_conflicts
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -46,3 +48,41 @@ def test_tiles_that_touch_across_splits_are_dropped_evaluation_splits_first_kept
     # x1 (test) wins over v1 (val); with v1 gone, t1 no longer touches another split.
     assert isolation_conflicts(tiles) == ["v1"]
     assert isolation_conflicts(tiles[:2] + tiles[3:]) == ["t1"]
+
+
+def _sparse_change_blocks(changed: set[int], n: int = 20) -> dict:
+    """Twenty equal blocks; only those in ``changed`` hold change pixels (rare change)."""
+    return {("g", i, 0): BlockStats(4, 500 if i in changed else 0, 4 * 4096) for i in range(n)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 666])
+def test_every_split_gets_change_when_there_are_enough_changed_blocks(seed):
+    # Three changed blocks among twenty: the ratio-only greedy put two or three of them in train.
+    blocks = _sparse_change_blocks({2, 9, 15})
+    splits = assign_splits(blocks, {"train": 0.6, "val": 0.2, "test": 0.2}, seed)
+    assert sorted(splits[("g", i, 0)] for i in (2, 9, 15)) == ["test", "train", "val"]
+    counts = {s: sum(b.tiles for k, b in blocks.items() if splits[k] == s) for s in ("train", "val", "test")}
+    assert counts["train"] >= 40 and min(counts["val"], counts["test"]) >= 12
+
+
+def test_two_changed_blocks_go_to_train_and_val():
+    splits = assign_splits(_sparse_change_blocks({4, 11}), {"train": 0.6, "val": 0.2, "test": 0.2}, 666)
+    assert sorted(splits[("g", i, 0)] for i in (4, 11)) == ["train", "val"]
+
+
+RATIOS_622 = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+
+def test_blocks_shrink_until_the_ratios_can_be_met():
+    # Issue 11: one 800 x 800 grid, 256 px tiles, block_tiles 4: a single block, all tiles in train.
+    plan = fit_block_tiles([(800, 800)], size=256, block_tiles=4, ratios=RATIOS_622)
+    assert (plan.requested, plan.used, plan.blocks, plan.needed) == (4, 1, 9, 5)
+    assert "split.block_tiles 4 gives 1 block" in plan.note and "block_tiles 1" in plan.note
+    # Enough blocks already: nothing changes and nothing is said.
+    plan = fit_block_tiles([(4100, 4100)], size=256, block_tiles=4, ratios=RATIOS_622)
+    assert (plan.used, plan.blocks, plan.note) == (4, 16, None)
+
+
+def test_too_few_blocks_even_at_one_tile_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"split.block_tiles.*2 blocks.*3 splits"):
+        fit_block_tiles([(256, 256), (300, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
