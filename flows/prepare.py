@@ -22,6 +22,7 @@ from pipeline.errors import ChangeflowError
 from pipeline.prepare.assembly import assemble, assigned_tiles, index_frames, split_summary
 from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
+from pipeline.prepare.labels import describe_label
 from pipeline.prepare.overlap import Group, build_groups
 from pipeline.prepare.tile_index import write_index
 
@@ -56,6 +57,8 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
         outcome = future.result()
         outcomes.append(outcome)
         print(f"group {outcome.name}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
+        for summary in outcome.labels.values():
+            print(f"group {outcome.name}: {describe_label(summary)}")
     outcomes.sort(key=lambda o: o.name)
     done = [o for o in outcomes if o.status != "failed"]
     splits, dropped, grid_crs = assemble(done, crs, config, out)
@@ -69,6 +72,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
         "scenes_not_grouped": unpaired,
         "groups": {o.name: o.status for o in outcomes},
         "groups_failed": {o.name: o.error for o in outcomes if o.status == "failed"},
+        "labels": {o.name: o.labels for o in outcomes if o.labels},
         "images_refused": {r["image"]: r["reason"] for r in coregistration if not r["accepted"]},
         "tiles_dropped": {"black": sum(o.dropped_black for o in done), **dropped},
         "splits": split_summary(assigned_tiles(outcomes, splits), splits),

@@ -46,6 +46,9 @@ SAR_SENSORS = frozenset({Sensor.gf3})
 
 
 LabelEncoding = Literal["change01", "binary255"]
+# What a prepare config may say: an encoding, or "auto" (resolved per label file from its values,
+# see pipeline.prepare.labels).
+LabelEncodingSetting = Literal["auto", "change01", "binary255"]
 
 
 class StrictModel(BaseModel):
@@ -253,9 +256,12 @@ class PrepareConfig(StrictModel):
         default=True, description="False accepts images without CRS; tiles are in pixel space."
     )
     min_overlap: float = Field(default=0.8, gt=0, le=1)
-    label_encoding: LabelEncoding = Field(
-        default="change01",
-        description="change01: 0 no change, 1 change, 255 ignore; binary255: GOLD's 0/255 masks.",
+    label_encoding: LabelEncodingSetting = Field(
+        default="auto",
+        description=(
+            "auto: from each label's values (0/255 → binary255, 0/1/255 → change01); change01: 0 no change, "
+            "1 change, 255 ignore; binary255: GOLD's 0/255 masks (> 127 = change)."
+        ),
     )
     expected_bands: dict[Role, int] = Field(default_factory=dict)
     footprint_max_size: int = Field(default=2048, ge=64, description="Mask size for footprints.")

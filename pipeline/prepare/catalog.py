@@ -198,7 +198,7 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig, *, cache: Path | Non
 
     Raises:
         InputError: the file or product is missing, unreadable or no recognised product; has no CRS
-            while ``georeferenced`` is true; has a band count other than expected (1 for labels); or has
+            while ``georeferenced`` is true; has a band count other than expected; or has
             no valid pixel. The message names the file (the product for a product).
     """
     product = recognise(entry.path, hint=entry.sensor)
@@ -237,9 +237,9 @@ def _catalog_raster(entry: SceneEntry, config: PrepareConfig) -> Scene:
             if not config.georeferenced:
                 crs = None
             transform = dataset.transform if crs is not None else Affine.identity()
+            # A label may hold several identical bands (an RGB mask): labels.inspect_label checks them
+            # when its group is built, so a bad label fails its group instead of leaving it unlabelled.
             expected = entry.bands or config.expected_bands.get(entry.role)
-            if entry.role.is_label:
-                expected = 1
             if expected is not None and dataset.count != expected:
                 raise InputError(entry.path, f"has {dataset.count} bands, expected {expected} for role {entry.role.value}")
             dtype = dataset.dtypes[0]

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import rasterio
@@ -27,10 +26,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
-from pipeline.config import GridConfig, LabelEncoding
+from pipeline.config import GridConfig
 from pipeline.io.cog import write_cog_from_blocks
 from pipeline.io.raster import NODATA_U8, is_integer, open_raster
 from pipeline.prepare.catalog import Scene
+from pipeline.prepare.labels import Encoding, encode_label
 from pipeline.prepare.overlap import Group, reproject_geometry
 
 # Pixel-space (non-georeferenced) images are warped in a placeholder CRS equal on both sides,
@@ -224,28 +224,6 @@ def _pixel_space_warp(
                 yield dataset
 
 
-def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: LabelEncoding | Literal["classes"]) -> np.ndarray:
-    """Canonical label: 0 no change, 1 change, 255 ignore (or outside the source).
-
-    Args:
-        values: the warped label values, (H, W).
-        alpha: the warp's alpha band, (H, W); 0 marks pixels outside the source.
-        encoding: ``"change01"`` (0/1 kept, any other value → 255), ``"binary255"`` (GOLD's masks:
-            > 127 → 1, else 0) or ``"classes"`` (semantic rasters: the class ids 0..254 kept as they are).
-
-    Returns:
-        uint8 (H, W) label, 255 where ``alpha`` is 0.
-    """
-    if encoding == "classes":
-        label = values.astype(np.uint8)
-    elif encoding == "binary255":
-        label = (values > 127).astype(np.uint8)
-    else:
-        label = np.where(np.isin(values, (0, 1)), values, NODATA_U8).astype(np.uint8)
-    label[alpha == 0] = NODATA_U8
-    return label
-
-
 def block_windows(width: int, height: int, block: int) -> Iterator[Window]:
     """Row-major windows of at most ``block`` × ``block`` px covering a raster.
 
@@ -268,7 +246,7 @@ def write_cog(
     *,
     grid: GroupGrid,
     block_size: int,
-    label_encoding: LabelEncoding | Literal["classes"] | None = None,
+    label_encoding: Encoding | None = None,
     tags: dict[str, str] | None = None,
 ) -> Path:
     """Stream ``source`` (already on ``grid``) into a COG labelled with the grid's georeferencing.
@@ -283,7 +261,8 @@ def write_cog(
         grid: the group's grid (size and georeferencing of the COG).
         block_size: side (px) of the blocks streamed from ``source``.
         label_encoding: for a label: ``"change01"``, ``"binary255"`` or ``"classes"`` (see
-            :func:`encode_label`); None for an image (its bands, dtype and nodata are kept).
+            :func:`pipeline.prepare.labels.encode_label`; a label's first band and its alpha are read,
+            so identical bands count once); None for an image (its bands, dtype and nodata are kept).
         tags: metadata tags written into the COG.
 
     Returns:
@@ -298,7 +277,7 @@ def write_cog(
 
     def blocks() -> Iterator[tuple[Window, np.ndarray]]:
         for window in block_windows(grid.width, grid.height, block_size):
-            block = source.read(window=window)
+            block = source.read([1, source.count] if categorical else None, window=window)
             yield window, encode_label(block[0], block[-1], label_encoding)[None] if categorical else block
 
     staging = destination.with_name(destination.name + ".staging.tif")

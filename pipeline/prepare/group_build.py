@@ -27,6 +27,7 @@ from pipeline.io.raster import bounded_gdal_cache, split_mat_key
 from pipeline.prepare.catalog import Scene
 from pipeline.prepare.coregistration import CoregistrationResult, coregister
 from pipeline.prepare.grid import GroupGrid, reference_grid, warped, write_cog
+from pipeline.prepare.labels import LabelSummary, inspect_label
 from pipeline.prepare.overlap import Group
 from pipeline.prepare.tiling import TileRecord, cut_tiles, tile_windows
 
@@ -44,6 +45,7 @@ class GroupOutcome:
     coregistration: list[dict] = field(default_factory=list)
     tiles: list[TileRecord] = field(default_factory=list)
     dropped_black: int = 0
+    labels: dict[str, dict] = field(default_factory=dict)  # label role → LabelSummary.as_json()
 
     @classmethod
     def from_manifest(cls, name: str, status: str, manifest: dict) -> GroupOutcome:
@@ -60,6 +62,7 @@ class GroupOutcome:
         return cls(
             name, status, None, manifest["grid"], manifest["coregistration"],
             [_tile_from_json(r) for r in manifest["tiles"]], manifest["dropped_black"],
+            manifest.get("labels", {}),  # absent from manifests written before label summaries
         )
 
 
@@ -107,7 +110,8 @@ def process_group(
 
     Raises:
         GroupError: if no image is left after co-registration.
-        InputError: if a scene cannot be read.
+        InputError: if a scene cannot be read, or a label cannot be read as a label (bands that differ,
+            values outside its encoding; see :func:`pipeline.prepare.labels.inspect_label`).
         ValueError: if the group has no common valid area.
     """
     final = out_dir / "groups" / group.name
@@ -145,7 +149,11 @@ def _build_group(
 ) -> dict:
     """Grid COGs, co-registration and tiles of one group, written into ``work``; its manifest."""
     grid = reference_grid(group, crs, config.grid)
-    paths, records = _grid_images(group, grid, config, work / "grid")
+    labels = {
+        role: inspect_label(scene.path, config.label_encoding if role is Role.label else "classes")
+        for role, scene in group.members.items() if role.is_label
+    }
+    paths, records = _grid_images(group, grid, config, work / "grid", labels)
     if Role.B not in paths and Role.C not in paths:
         refused = "; ".join(f"{r['image']}: {r['reason']}" for r in records if not r["accepted"])
         raise GroupError(group.name, f"no image left after co-registration ({refused})")
@@ -168,18 +176,19 @@ def _build_group(
         "coregistration": records,
         "tiles": [asdict(t) for t in tiles],
         "dropped_black": dropped,
+        "labels": {role.value: summary.as_json() for role, summary in labels.items()},
     }
     (work / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
 def _grid_images(
-    group: Group, grid: GroupGrid, config: PrepareConfig, grid_dir: Path
+    group: Group, grid: GroupGrid, config: PrepareConfig, grid_dir: Path, labels: dict[Role, LabelSummary]
 ) -> tuple[dict[Role, Path], list[dict]]:
     """Every image of the group warped once onto its grid as a COG, co-registered images corrected.
 
-    Returns the COG of each role kept and the co-registration records; a refused image has a
-    record but no COG.
+    Labels are encoded as their summaries in ``labels`` resolved. Returns the COG of each role kept and
+    the co-registration records; a refused image has a record but no COG.
     """
     paths = {Role.A: grid_dir / "A.tif"}
     with warped(group.reference, grid) as source:
@@ -190,9 +199,8 @@ def _grid_images(
             continue
         path = grid_dir / f"{role.value}.tif"
         if role.is_label:
-            encoding = config.label_encoding if role is Role.label else "classes"
             with warped(scene, grid) as source:
-                write_cog(source, path, grid=grid, block_size=config.block_size, label_encoding=encoding)
+                write_cog(source, path, grid=grid, block_size=config.block_size, label_encoding=labels[role].encoding)
             paths[role] = path
             continue
         correction = Affine.identity()
