@@ -463,6 +463,9 @@ class TrainConfig(StrictModel):
     workers: int = Field(default=2, ge=0)
     crop: int | None = Field(default=None, ge=16)
     augment: bool = True
+    allow_no_change: bool = Field(
+        default=False, description="Train even when the train or val labels hold no change pixel (warns)."
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     text: TextConfig | None = Field(default=None, description="Prompts of text-guided models.")
 

@@ -85,10 +85,11 @@ def default_window(checkpoint: dict) -> int:
         checkpoint: a loaded checkpoint payload.
 
     Returns:
-        Its training crop, else its tile size, else ``DEFAULT_WINDOW``.
+        Its ``tile_size`` (the side of the samples it was trained on); for checkpoints saved before
+        that entry, its training crop, else ``DEFAULT_WINDOW``.
     """
     config = checkpoint.get("config") or {}
-    return int(config.get("crop") or checkpoint.get("tile_size") or DEFAULT_WINDOW)
+    return int(checkpoint.get("tile_size") or config.get("crop") or DEFAULT_WINDOW)
 
 
 def block_id(i: int, j: int) -> str:

@@ -42,10 +42,11 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
 
     Returns:
         One row per tile: ``tile_id``, ``split``, ``label_format``, one path column per role found
-        (``A``, ``B``, ``C``, ``label``...) and, from a catalog, ``group``.
+        (``A``, ``B``, ``C``, ``label``...) and, from a catalog, ``group`` and ``change_fraction``.
 
     Raises:
-        InputError: ``root`` has neither ``catalog.gpkg`` nor ``{train,val,test}/A/`` tiles.
+        InputError: ``root`` has neither ``catalog.gpkg`` nor ``{train,val,test}/A/`` tiles, or its
+            ``catalog.gpkg`` is damaged or has no ``tiles`` layer.
     """
     catalog = root / "catalog.gpkg"
     if catalog.exists():
@@ -57,7 +58,8 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
             folder = root / "tiles" / tile.split
             roles = {p.name: p / f"{tile.tile_id}.tif" for p in sorted(folder.iterdir()) if p.is_dir()}
             rows.append({
-                "tile_id": tile.tile_id, "group": tile.group_name, "split": tile.split, "label_format": "change01", **roles,
+                "tile_id": tile.tile_id, "group": tile.group_name, "split": tile.split, "label_format": "change01",
+                "change_fraction": getattr(tile, "change_fraction", np.nan), **roles,
             })
         return pd.DataFrame(rows)
     rows = []
@@ -122,6 +124,89 @@ def check_index(
             if count != expected:
                 raise InputError(path, f"has {count} bands, other {role} tiles (or the checkpoint) have {expected}")
     return found
+
+
+def _tile_change_counts(row: dict) -> tuple[int, int]:
+    """(change, labelled) pixels of one tile's label, read as :class:`TileDataset` reads it."""
+    if isinstance(row.get("label"), (str, Path)):
+        data, valid = _read(Path(row["label"]))
+        label = data[0]
+        if row["label_format"] == "binary255":
+            changed = label > 127
+        else:
+            valid &= label != NODATA_U8
+            changed = label == 1
+    else:  # semantic data without a change label: the class transition
+        t1, t2 = (_classes(Path(row[role]), np.True_) for role in SEMANTIC_ROLES)
+        valid = (t1 != NODATA_U8) & (t2 != NODATA_U8)
+        changed = t1 != t2
+    return int((changed & valid).sum()), int(valid.sum())
+
+
+def split_change_counts(index: pd.DataFrame, split: str) -> tuple[int, int]:
+    """Change and labelled pixels of a split, counted on its label tiles.
+
+    Labels are read as :class:`TileDataset` reads them (0/255 masks of a LEVIR-style folder: > 127
+    is change; prepare's 0/1/255: 1 is change, 255 and nodata are not labelled); semantic tiles
+    without a change label count the class transitions. The images are not read, so a pixel that is
+    nodata only in an image still counts.
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        (change pixels, labelled pixels) over the split's tiles.
+
+    Raises:
+        InputError: a label tile is unreadable.
+    """
+    counts = [_tile_change_counts(row) for row in index[index.split == split].to_dict("records")]
+    return sum(c for c, _ in counts), sum(n for _, n in counts)
+
+
+def split_has_change(index: pd.DataFrame, split: str) -> bool:
+    """Whether any label tile of a split holds a change pixel.
+
+    A prepare index answers from its per-tile ``change_fraction`` when one is positive; otherwise
+    the label tiles are read until the first change pixel.
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        True when the split has a change pixel.
+
+    Raises:
+        InputError: a label tile is unreadable.
+    """
+    rows = index[index.split == split]
+    if "change_fraction" in rows.columns and (rows["change_fraction"] > 0).any():
+        return True
+    return any(_tile_change_counts(row)[0] for row in rows.to_dict("records"))
+
+
+def tile_size(index: pd.DataFrame, role: str) -> int:
+    """The side of the split's tiles a model trains on, from the first training tile of ``role``.
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        role: an image role, e.g. ``"A"``.
+
+    Returns:
+        The shorter side of the first training tile, in pixels.
+
+    Raises:
+        InputError: the index has no training tiles.
+    """
+    train = index[index.split == "train"]
+    if train.empty:
+        raise InputError(Path("tile index"), "has no training tiles")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with open_raster(Path(train[role].iloc[0])) as dataset:
+            return min(dataset.height, dataset.width)
 
 
 def fit_normalization(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -35,13 +37,23 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.io.atomic import write_atomic
 from pipeline.learn.augment import AugmentSettings
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.learn.dataset import TileDataset, check_index, fit_normalization, load_index
+from pipeline.learn.dataset import (
+    TileDataset,
+    check_index,
+    fit_normalization,
+    load_index,
+    split_change_counts,
+    split_has_change,
+    tile_size,
+)
 from pipeline.learn.device import resolve_device
 from pipeline.learn.metrics import as_floats, change_metrics
 from pipeline.learn.normalization import BandStats
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 
 METRICS_CSV = "metrics.csv"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -185,6 +197,58 @@ def semantic_classes(config: TrainConfig) -> int:
     default = inspect.signature(cls.__init__).parameters.get("semantic_classes")
     fallback = default.default if default is not None else cls.semantic_classes
     return int(config.model_options.get("semantic_classes", fallback))
+
+
+def _counts_text(index: pd.DataFrame, split: str) -> str:
+    """``"{split}: {c} change of {n} labelled pixels in {t} tiles"`` for the error message."""
+    change, labelled = split_change_counts(index, split)
+    tiles = int((index.split == split).sum())
+    return f"{split}: {change} change of {labelled} labelled pixels in {tiles} tile{'s' if tiles != 1 else ''}"
+
+
+def check_learnable(index: pd.DataFrame, config: TrainConfig) -> None:
+    """Refuse a split whose labels cannot teach or select a change model, before any training.
+
+    A train split without change pixels teaches "never change"; a val split without them gives IoU 0
+    every epoch, so ``best.pt`` stays at epoch 0. Splits without tiles are left to the other checks.
+
+    Args:
+        index: the tile index from :func:`~pipeline.learn.dataset.load_index`.
+        config: the training config (``data`` names the index; ``allow_no_change`` only warns).
+
+    Raises:
+        InputError: naming ``config.data``, the splits without change and the change and labelled
+            pixel counts of train and val, unless ``config.allow_no_change``.
+    """
+    empty = [s for s in ("train", "val") if (index.split == s).any() and not split_has_change(index, s)]
+    if not empty:
+        return
+    counts = "; ".join(_counts_text(index, split) for split in ("train", "val"))
+    subject = f"the {' and '.join(empty)} split{'s have' if len(empty) > 1 else ' has'}"
+    problem = f"{subject} no change pixels ({counts}), so a model cannot learn or be selected on change"
+    if config.allow_no_change:
+        log.warning("%s: %s; training anyway (allow_no_change: true)", config.data, problem)
+        return
+    raise InputError(config.data, f"{problem}; re-split so that train and val both hold change pixels, "
+                                  "or set allow_no_change: true to train anyway")
+
+
+def trained_tile_size(index: pd.DataFrame, config: TrainConfig) -> int:
+    """The side of the samples the model sees: the random crop when one applies, else the tile.
+
+    Args:
+        index: the tile index from :func:`~pipeline.learn.dataset.load_index`.
+        config: the training config (``crop`` applies with ``augment`` when smaller than the tile).
+
+    Returns:
+        The side in pixels, stored in the checkpoint as ``tile_size`` (detection's default window).
+
+    Raises:
+        InputError: the index has no training tiles.
+    """
+    side = tile_size(index, config.inputs[0])
+    crop = config.crop if config.augment else None
+    return crop if crop is not None and crop < side else side
 
 
 def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
@@ -354,6 +418,7 @@ class _Run:
     train_set: TileDataset
     val_set: TileDataset
     test_set: TileDataset
+    tile_size: int  # the side of the training samples (detection's default window)
     start_epoch: int = 0
     best_iou: float = -math.inf
 
@@ -381,6 +446,7 @@ class _Run:
             "bands": self.bands,
             "inputs": list(config.inputs),
             "semantic_classes": self.classes,
+            "tile_size": self.tile_size,
             "config": config.model_dump(mode="json"),
         }
 
@@ -421,6 +487,7 @@ def train(
         train_values, lr = _train_epoch(run, epoch, progress)
         if ddp.is_main:
             _validate_and_checkpoint(run, epoch, train_values, lr, log)
+        _wait_for_rank_0(device)
     result: dict[str, Any] = {}
     if ddp.is_main:
         log.close()
@@ -437,6 +504,7 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     checkpoint = _resume_checkpoint(config, out) if resume else None
     classes = semantic_classes(config)
     bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
+    check_learnable(index, config)
     if checkpoint is not None:
         stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
     else:
@@ -461,7 +529,8 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     if len(train_set) == 0 or len(val_set) == 0:
         raise InputError(config.data, "the tile index needs train and val tiles")
     return _Run(config, out, ddp, device, teacher, classes, bands, channels, stats, model, wrapped, loss_fn,
-                loss_name, optimizer, scheduler, train_set, val_set, test_set, start_epoch, best_iou)
+                loss_name, optimizer, scheduler, train_set, val_set, test_set, trained_tile_size(index, config),
+                start_epoch, best_iou)
 
 
 def _resume_checkpoint(config: TrainConfig, out: Path) -> dict[str, Any]:
@@ -532,6 +601,20 @@ def _train_step(run: _Run, batch: dict[str, torch.Tensor], progress: float) -> d
         nn.utils.clip_grad_norm_(list(run.model.parameters()) + list(run.loss_fn.parameters()), config.grad_clip)
     run.optimizer.step()
     return parts
+
+
+def _wait_for_rank_0(device: torch.device) -> None:
+    """Under torchrun, every rank waits here while rank 0 validates and saves.
+
+    Without it the other ranks run on into the next epoch's gradient all-reduce and wait there,
+    out of step with rank 0.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if device.type == "cuda" and device.index is not None:
+        dist.barrier(device_ids=[device.index])  # NCCL: the barrier on this rank's own GPU
+    else:
+        dist.barrier()
 
 
 def _validate_and_checkpoint(run: _Run, epoch: int, train_values: dict[str, float], lr: float, log: _Log) -> None:

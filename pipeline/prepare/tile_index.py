@@ -12,9 +12,11 @@ from pathlib import Path
 
 import geopandas as gpd
 import pandas as pd
+from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.crs import CRS
 from shapely.geometry import Point, box
 
+from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
 from pipeline.prepare.catalog import Scene
 from pipeline.prepare.overlap import Group, footprint_in, reproject_geometry
@@ -185,7 +187,14 @@ def read_tiles(path: Path) -> pd.DataFrame:
         The ``tiles`` layer, as a GeoDataFrame (see :func:`tiles_frame`).
 
     Raises:
-        pyogrio.errors.DataSourceError: ``path`` is missing or no GeoPackage.
-        pyogrio.errors.DataLayerError: the file has no ``tiles`` layer.
+        InputError: naming ``path``, when it is missing, damaged (e.g. truncated) or no GeoPackage, or has
+            no ``tiles`` layer.
     """
-    return gpd.read_file(path, layer="tiles", engine="pyogrio")
+    if not Path(path).exists():
+        raise InputError(path, "tile index not found")
+    try:
+        return gpd.read_file(path, layer="tiles", engine="pyogrio")
+    except DataLayerError:
+        raise InputError(path, "has no 'tiles' layer (not a changeflow prepare index); rerun changeflow prepare") from None
+    except DataSourceError:
+        raise InputError(path, "damaged or not a GeoPackage; rerun changeflow prepare to rewrite it") from None
