@@ -22,14 +22,18 @@ from pipeline.errors import ChangeflowError
 from pipeline.prepare.assembly import assemble, assigned_tiles, index_frames, split_summary
 from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
-from pipeline.prepare.labels import describe_label
+from pipeline.prepare.labels import describe_label, refused_label_groups
 from pipeline.prepare.overlap import Group, build_groups
 from pipeline.prepare.tile_index import write_index
 
 
 @task(name="prepare-group", cache_policy=NO_CACHE)
-def prepare_group_task(group: Group, crs: CRS | None, config: PrepareConfig, out_dir: Path) -> GroupOutcome:
-    """One group; a bad group is reported as failed and the others go on."""
+def prepare_group_task(
+    group: Group, crs: CRS | None, config: PrepareConfig, out_dir: Path, label_refused: str | None = None
+) -> GroupOutcome:
+    """One group; a bad group (or one whose label was refused) is reported as failed and the others go on."""
+    if label_refused:
+        return GroupOutcome(group.name, "failed", error=label_refused)
     try:
         return process_group(group, crs, config, out_dir)
     except (ChangeflowError, ValueError) as exc:
@@ -51,7 +55,8 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     for scene_id, reason in unpaired.items():
         print(f"scene not grouped: {scene_id}: {reason}")
 
-    futures = [prepare_group_task.submit(group, crs, config, out) for group in groups]
+    refused_labels = refused_label_groups(failures)
+    futures = [prepare_group_task.submit(group, crs, config, out, refused_labels.get(group.name)) for group in groups]
     outcomes = []
     for future in _tracked(futures, progress):
         outcome = future.result()

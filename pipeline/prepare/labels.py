@@ -22,7 +22,7 @@ import numpy as np
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from pipeline.config import LabelEncoding
+from pipeline.config import LabelEncoding, SceneEntry
 from pipeline.errors import InputError
 from pipeline.io.raster import NODATA_U8, open_raster, read_window
 
@@ -231,6 +231,24 @@ def encode_label(values: np.ndarray, alpha: np.ndarray, encoding: Encoding) -> n
         label = np.where(np.isin(values, (0, 1)), values, NODATA_U8).astype(np.uint8)
     label[alpha == 0] = NODATA_U8
     return label
+
+
+def refused_label_groups(failures: list[tuple[SceneEntry, str]]) -> dict[str, str]:
+    """Groups whose named label the catalog refused, with the reason.
+
+    Such a group fails instead of being prepared as if it had no label (a typo in a label's path must
+    not turn a labelled run into an unlabelled one).
+
+    Args:
+        failures: the catalog's refusals as (entry, reason naming the file), see
+            :func:`pipeline.prepare.catalog.build_catalog`.
+
+    Returns:
+        Group name → ``"label refused: {reason}"``, for label entries that name their group.
+    """
+    return {
+        entry.group: f"label refused: {reason}" for entry, reason in failures if entry.role.is_label and entry.group
+    }
 
 
 def describe_label(summary: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.config import PrepareConfig
+from pipeline.config import PrepareConfig, SceneEntry
 from pipeline.errors import InputError
 from pipeline.prepare import labels
 from pipeline.prepare.labels import (
@@ -14,6 +14,7 @@ from pipeline.prepare.labels import (
     chunk_windows,
     inspect_label,
     label_values,
+    refused_label_groups,
     resolve_encoding,
 )
 from tests.conftest import write_raster
@@ -169,3 +170,17 @@ def test_a_missing_label_names_the_file(tmp_path):
     with pytest.raises(InputError, match=r"missing.tif: file not found"):
         inspect_label(tmp_path / "missing.tif", "auto")
 
+
+
+def test_groups_whose_label_the_catalog_refused_are_named(tmp_path):
+    entries = [
+        SceneEntry(path=tmp_path / "x_label.tif", role="label", group="x"),
+        SceneEntry(path=tmp_path / "y_A.tif", role="A", group="y"),
+        SceneEntry(path=tmp_path / "loose_label.tif", role="label"),  # grouped by overlap: no group to fail
+        SceneEntry(path=tmp_path / "z_cls.tif", role="semantic_t1", group="z"),
+    ]
+    failures = [(entry, f"{entry.path}: file not found") for entry in entries]
+    assert refused_label_groups(failures) == {
+        "x": f"label refused: {tmp_path / 'x_label.tif'}: file not found",
+        "z": f"label refused: {tmp_path / 'z_cls.tif'}: file not found",
+    }
