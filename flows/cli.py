@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
@@ -33,7 +34,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        # One line however long (no wrapping), and a name such as '[red]' in it is shown, not read as markup.
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
 
 
@@ -56,10 +58,17 @@ def prepare(
         from flows.prepare import run_prepare
 
         report = run_prepare(config, out, dask_address=dask_address, progress=True)
-    splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["splits"].items())
+    splits = ", ".join(
+        f"{name} {info['tiles']}" + (f" ({info['share']:.0%}, asked {info['requested']:.0%})" if info["share"] is not None else "")
+        for name, info in report["splits"].items()
+    )
     console.print(f"[green]prepared[/] {out}: tiles {splits}")
     for name, problem in {**report["groups_failed"], **report["scenes_refused"], **report["scenes_not_grouped"], **report["images_refused"]}.items():
         console.print(f"[yellow]warning:[/] {name}: {problem}")
+    for name, note in report["images_uncorrected"].items():
+        console.print(f"note: {name}: {note}")
+    for note in report["notes"]:
+        console.print(f"note: {note}")
     console.print(f"index: {out / 'catalog.gpkg'}  report: {out / 'prepare_report.json'}")
 
 
@@ -178,16 +187,32 @@ def _print_detections(summaries: dict) -> None:
 @app.command()
 def ingest(
     config: Path = typer.Option(..., "--config", "-c", help="YAML ingest config (inbox, workspace, checkpoint)."),
+    status: bool = typer.Option(False, "--status", help="Print the pending scenes and their last error; run nothing."),
 ) -> None:
     """One ingestion pass: claim new inbox scenes, prepare their groups, detect, archive."""
+    from pipeline.ingest.preflight import check_ingest_config
+
     with user_errors():
-        load_config(config, IngestConfig).detect_config()
+        settings = load_config(config, IngestConfig)
+        if status:
+            from pipeline.ingest.status import status_lines
+            from pipeline.prepare.inbox import Workspace
+
+            for line in status_lines(Workspace(settings.workspace), settings.max_attempts):
+                typer.echo(line)
+            return
+        check_ingest_config(settings)  # refused before anything is claimed
         from flows.ingest import ingest_flow
 
         report = ingest_flow(str(config.resolve()))
-    console.print(f"claimed {len(report['claimed'])} scene(s); groups {report['groups']}")
+    console.print(f"claimed {len(report['claimed'])} scene(s); record {settings.workspace / 'runs' / report['run_id']}.json")
+    for name, outcome in report["groups"].items():
+        detail = outcome.get("error") or f"{outcome.get('n_polygons', 0)} polygons"
+        console.print(f"group {name}: {outcome['status']} ({detail})")
     for name, reason in report["refused"].items():
         console.print(f"[yellow]refused:[/] {name}: {reason}")
+    if any(outcome["status"] in ("failed", "given up") for outcome in report["groups"].values()):
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -197,8 +222,10 @@ def serve(
     name: str = typer.Option("changeflow-ingest", "--name", help="Deployment name."),
 ) -> None:
     """Serve the ingest flow on a cron schedule (a long-running process; Ctrl-C stops it)."""
+    from pipeline.ingest.preflight import check_ingest_config
+
     with user_errors():
-        load_config(config, IngestConfig).detect_config()
+        check_ingest_config(load_config(config, IngestConfig))
     from flows.ingest import ingest_flow
 
     ingest_flow.serve(name=name, cron=cron, parameters={"config_path": str(config.resolve())}, limit=1)

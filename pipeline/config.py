@@ -562,6 +562,8 @@ class IngestConfig(StrictModel):
     detect: dict[str, Any] = Field(default_factory=dict)
 
     def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
+    max_attempts: int = Field(default=3, ge=1, description="Passes that try a failing group before it is "
+                              "given up (its scenes go to rejected/ with the last error).")
         """The prepare config for newly claimed scenes; read products are cached in ``WORKSPACE/cache``.
 
         Args:
