@@ -12,15 +12,16 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import rasterio
 import torch.distributed as dist
 from shapely.geometry import box
 
 from pipeline.config import TrainConfig
 from pipeline.detect.windows import DEFAULT_WINDOW, default_window
 from pipeline.errors import InputError
+from pipeline.learn import dataset as dataset_module
 from pipeline.learn import train as train_module
 from pipeline.learn.checkpoint import load_checkpoint
-from pipeline.learn import dataset as dataset_module
 from pipeline.learn.dataset import load_index, split_change_counts, split_has_change
 from pipeline.learn.train import train
 from pipeline.prepare.tile_index import read_tiles, write_index
@@ -160,8 +161,6 @@ def test_finding_change_reads_no_tile_of_a_prepared_index_and_stops_at_the_first
 
 
 def _read_band(path: Path) -> np.ndarray:
-    import rasterio
-
     with rasterio.open(path) as dataset:
         return dataset.read(1)
 
