@@ -102,7 +102,7 @@ def label_values(path: Path) -> tuple[Counter, int, int]:
                 differ = int(((data[1:] != data[0]) & valid).any(axis=0).sum())
                 if differ:
                     raise InputError(path, (
-                        f"its {dataset.count} bands differ at {differ} pixels of rows {window.row_off}.."
+                        f"its {dataset.count} bands differ at {differ:,} pixels of rows {window.row_off}.."
                         f"{window.row_off + window.height - 1}; a label needs one band, or identical bands "
                         "(e.g. an RGB 0/255 mask)"
                     ))
