@@ -19,7 +19,7 @@ from rasterio.crs import CRS
 from flows.progress import progress_bar
 from pipeline.config import PrepareConfig, load_config
 from pipeline.errors import ChangeflowError
-from pipeline.prepare.assembly import assemble, assigned_tiles, index_frames, split_summary
+from pipeline.prepare.assembly import assemble, assigned_tiles, block_plan, index_frames, split_summary, stride_note
 from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
 from pipeline.prepare.labels import describe_label, refused_label_groups
@@ -46,7 +46,6 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     config = load_config(Path(config_path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     scenes, failures = build_catalog(scene_entries(config), config, cache=config.products.cache or out / "cache")
     for entry, reason in failures:
@@ -54,6 +53,11 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     groups, unpaired, crs = build_groups(scenes, config.min_overlap)
     for scene_id, reason in unpaired.items():
         print(f"scene not grouped: {scene_id}: {reason}")
+    if not groups:
+        raise ChangeflowError(f"no scene group was formed ({_reasons({**_refused(failures), **unpaired})})")
+    plan = block_plan(groups, crs, config)
+    config = config.model_copy(update={"split": config.split.model_copy(update={"block_tiles": plan.used})})
+    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     refused_labels = refused_label_groups(failures)
     futures = [prepare_group_task.submit(group, crs, config, out, refused_labels.get(group.name)) for group in groups]
@@ -66,24 +70,40 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
             print(f"group {outcome.name}: {describe_label(summary)}")
     outcomes.sort(key=lambda o: o.name)
     done = [o for o in outcomes if o.status != "failed"]
-    splits, dropped, grid_crs = assemble(done, crs, config, out)
-    write_index(out / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
     coregistration = [r for o in outcomes for r in o.coregistration]
     (out / "coregistration.json").write_text(json.dumps(
         [{k: v for k, v in r.items() if k != "points"} for r in coregistration], indent=1))
+    if not done:
+        raise ChangeflowError(f"no group was prepared ({_reasons({o.name: o.error for o in outcomes})})")
+    splits, dropped, grid_crs = assemble(done, groups, crs, config, out)
+    write_index(out / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
+    notes = [n for n in (plan.note, stride_note(config)) if n]
     report = {
         "scenes": len(scenes),
-        "scenes_refused": {str(entry.path): reason for entry, reason in failures},
+        "scenes_refused": _refused(failures),
         "scenes_not_grouped": unpaired,
         "groups": {o.name: o.status for o in outcomes},
         "groups_failed": {o.name: o.error for o in outcomes if o.status == "failed"},
         "labels": {o.name: o.labels for o in outcomes if o.labels},
         "images_refused": {r["image"]: r["reason"] for r in coregistration if not r["accepted"]},
+        "images_uncorrected": {r["image"]: r["reason"] for r in coregistration if r["accepted"] and not r["corrected"]},
         "tiles_dropped": {"black": sum(o.dropped_black for o in done), **dropped},
-        "splits": split_summary(assigned_tiles(outcomes, splits), splits),
+        "split_blocks": {"block_tiles": plan.requested, "block_tiles_used": plan.used, "blocks": plan.blocks,
+                         "blocks_needed": plan.needed},
+        "splits": split_summary(assigned_tiles(outcomes, splits), splits, config.split.ratios),
+        "notes": notes,
     }
     (out / "prepare_report.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _refused(failures: list) -> dict[str, str]:
+    return {str(entry.path): reason for entry, reason in failures}
+
+
+def _reasons(reasons: dict[str, str | None]) -> str:
+    """Reasons by name on one line, for an error that says why nothing was left."""
+    return "; ".join(f"{name}: {reason}" for name, reason in reasons.items()) or "no scenes"
 
 
 def _tracked(futures: list, show: bool):

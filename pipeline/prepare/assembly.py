@@ -2,7 +2,10 @@
 
 Tiles that cover the same ground in several groups are de-duplicated, the rest are split by spatial
 blocks and hard-linked from the group folders into ``OUT/tiles/{split}/{role}``; the GeoPackage
-index gets the scenes, groups, tie points and tiles.
+index gets the scenes, groups, tie points and tiles. Positions compare only within one space: the run's
+CRS when it is georeferenced; in pixel space each group is its own space, shared only by groups of the
+same image files (every pixel-space image has the identity transform, so unrelated images would
+otherwise look like the same place).
 """
 
 from __future__ import annotations
@@ -17,23 +20,27 @@ from rasterio.crs import CRS
 from shapely.geometry import box
 
 from pipeline.config import PrepareConfig
+from pipeline.io.paths import contained
 from pipeline.prepare.catalog import Scene
+from pipeline.prepare.grid import reference_grid
 from pipeline.prepare.group_build import GroupOutcome
 from pipeline.prepare.overlap import Group, reproject_geometry
-from pipeline.prepare.split import BlockStats, assign_splits, isolation_conflicts
+from pipeline.prepare.split import BlockPlan, BlockStats, assign_splits, fit_block_tiles, isolation_conflicts
 from pipeline.prepare.tile_index import groups_frame, scenes_frame, tiepoints_frame, tiles_frame
 from pipeline.prepare.tiling import TileRecord, find_duplicates
 
 
 def assemble(
-    outcomes: list[GroupOutcome], crs: CRS | None, config: PrepareConfig, out_dir: Path
+    outcomes: list[GroupOutcome], groups: list[Group], crs: CRS | None, config: PrepareConfig, out_dir: Path
 ) -> tuple[dict[str, str], dict[str, int], dict[str, CRS | None]]:
     """De-duplicate across groups, split by blocks, and link the tiles into ``OUT/tiles/{split}``.
 
-    The tile folders are staged and swapped in whole, replacing those of an earlier run.
+    The tile folders are staged and swapped in whole, replacing those of an earlier run. Duplicates
+    and split isolation are looked for only among groups of one space (see :func:`spaces`).
 
     Args:
         outcomes: the groups that were prepared or skipped (not failed).
+        groups: the overlap groups (at least those of ``outcomes``).
         crs: the run's common CRS (None for pixel-space runs).
         config: the prepare config (de-duplication overlap, split ratios and seed).
         out_dir: the prepare output folder ``OUT``, holding ``groups/``.
@@ -42,21 +49,77 @@ def assemble(
         Tile id → split, counts of dropped tiles by reason, group → grid CRS.
     """
     grid_crs = {o.name: _grid_crs(o) for o in outcomes}
+    space = spaces(groups, crs)
     records = [t for o in sorted(outcomes, key=lambda o: o.name) for t in o.tiles]
     footprint = {
         t.tile_id: reproject_geometry(box(*t.bounds), grid_crs[t.group], crs) for t in records
     }
-    duplicates = set(
-        find_duplicates([(t.tile_id, t.group, footprint[t.tile_id]) for t in records], config.tiling.dedup_overlap)
-    )
+    duplicates = set()
+    for same_space in _by_space(records, space):
+        duplicates.update(find_duplicates(
+            [(t.tile_id, t.group, footprint[t.tile_id]) for t in same_space], config.tiling.dedup_overlap
+        ))
     records = [t for t in records if t.tile_id not in duplicates]
     block_split = assign_splits(_block_stats(records), config.split.ratios, config.split.seed)
     splits = {t.tile_id: block_split[(t.group, *t.block)] for t in records}
-    conflicts = set(isolation_conflicts([(t.tile_id, splits[t.tile_id], footprint[t.tile_id]) for t in records]))
+    conflicts = set()
+    for same_space in _by_space(records, space):
+        conflicts.update(isolation_conflicts([(t.tile_id, splits[t.tile_id], footprint[t.tile_id]) for t in same_space]))
     for tile_id in conflicts:
         del splits[tile_id]
     _link_tiles(records, splits, out_dir)
     return splits, {"duplicate": len(duplicates), "split_isolation": len(conflicts)}, grid_crs
+
+
+def spaces(groups: list[Group], crs: CRS | None) -> dict[str, tuple[str, ...]]:
+    """The space each group's tile positions are in: tiles of different spaces never coincide.
+
+    Args:
+        groups: the overlap groups.
+        crs: the run's common CRS; None for pixel-space runs.
+
+    Returns:
+        Group name → its space: one shared space ``()`` when georeferenced; in pixel space, the sorted
+        resolved paths of the group's images (labels aside), so only groups of the same files share one.
+    """
+    if crs is not None:
+        return {g.name: () for g in groups}
+    return {
+        g.name: tuple(sorted(str(Path(s.path).resolve()) for role, s in g.members.items() if not role.is_label))
+        for g in groups
+    }
+
+
+def _by_space(records: list[TileRecord], space: dict[str, tuple[str, ...]]) -> list[list[TileRecord]]:
+    """The records in one list per space, each in the given order."""
+    grouped: dict[tuple[str, ...], list[TileRecord]] = {}
+    for t in records:
+        grouped.setdefault(space[t.group], []).append(t)
+    return list(grouped.values())
+
+
+def block_plan(groups: list[Group], crs: CRS | None, config: PrepareConfig) -> BlockPlan:
+    """The split block size for these groups (see :func:`~pipeline.prepare.split.fit_block_tiles`).
+
+    Args:
+        groups: the overlap groups; their grids are computed from footprints, nothing is read.
+        crs: the run's common CRS (None for pixel-space runs).
+        config: the prepare config (grid, tile size, ``split.block_tiles`` and ratios).
+
+    Returns:
+        The plan: the block size to tile with and why it differs from the configured one.
+
+    Raises:
+        ConfigError: the groups are too small for a block per split even at one tile size.
+    """
+    extents = []
+    for group in groups:
+        try:
+            grid = reference_grid(group, crs, config.grid)
+        except ValueError:
+            continue  # no common area: the group fails later, with its reason
+        extents.append((grid.width, grid.height))
+    return fit_block_tiles(extents, config.tiling.size, config.split.block_tiles, config.split.ratios)
 
 
 def _block_stats(records: list[TileRecord]) -> dict[tuple[str, int, int], BlockStats]:
@@ -72,14 +135,17 @@ def _link_tiles(records: list[TileRecord], splits: dict[str, str], out_dir: Path
     """Link the split tiles into a staging folder, then swap it in as ``OUT/tiles``."""
     staging = out_dir / "tiles.partial"
     shutil.rmtree(staging, ignore_errors=True)
+    # Group names and tile ids come from user-given names: refuse any that would leave these folders
+    # (checked once per group and per tile: a check resolves the folders above, ~0.1 ms).
+    sources = {group: contained(out_dir / "groups", group) / "tiles" for group in {t.group for t in records}}
     for t in records:
         if t.tile_id not in splits:
             continue
-        source_dir = out_dir / "groups" / t.group / "tiles"
-        for role_dir in sorted(source_dir.iterdir()):
-            target = staging / splits[t.tile_id] / role_dir.name / f"{t.tile_id}.tif"
+        tile_file = contained(sources[t.group], f"{t.tile_id}.tif").name
+        for role_dir in sorted(sources[t.group].iterdir()):
+            target = staging / splits[t.tile_id] / role_dir.name / tile_file
             target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(role_dir / f"{t.tile_id}.tif", target)
+            _link_or_copy(role_dir / tile_file, target)
     final = out_dir / "tiles"
     old = out_dir / "tiles.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -165,22 +231,53 @@ def tiepoint_rows(outcomes: list[GroupOutcome], grid_crs: dict[str, CRS | None])
     return rows
 
 
-def split_summary(records: list[TileRecord], splits: dict[str, str]) -> dict[str, dict]:
-    """Tiles and change fraction (changed / labelled pixels) of each split.
+def split_summary(records: list[TileRecord], splits: dict[str, str], ratios: dict[str, float]) -> dict[str, dict]:
+    """Tiles, obtained vs requested share, and change of each split.
 
     Args:
         records: the tiles that went to a split.
         splits: tile id → split.
+        ratios: the requested share of tiles per split (``split.ratios``).
 
     Returns:
-        Split name (train, val, test) → ``{"tiles": n, "change_fraction": f}``; f is None without labels.
+        Split name (train, val, test) → ``{"tiles", "share", "requested", "change_pixels",
+        "change_fraction"}``; share is None without tiles, change_fraction (changed / labelled pixels)
+        None without labels.
     """
     summary = {}
+    total = sum(1 for t in records if t.tile_id in splits)
     for split in ("train", "val", "test"):
         chosen = [t for t in records if splits.get(t.tile_id) == split]
         labelled = sum(t.labelled_pixels for t in chosen)
+        change = sum(t.change_pixels for t in chosen)
         summary[split] = {
             "tiles": len(chosen),
-            "change_fraction": sum(t.change_pixels for t in chosen) / labelled if labelled else None,
+            "share": round(len(chosen) / total, 3) if total else None,
+            "requested": ratios[split],
+            "change_pixels": change,
+            "change_fraction": change / labelled if labelled else None,
         }
     return summary
+
+
+def stride_note(config: PrepareConfig) -> str | None:
+    """Why ``tiling.stride`` is not used, or None when it is (or equals the tile size).
+
+    Windows are placed inside each split block, so tiles of two blocks never overlap; a block of one
+    tile size holds one window per axis, plus one flush with its edge when the block is a little larger.
+
+    Args:
+        config: the prepare config, with the ``split.block_tiles`` actually used.
+
+    Returns:
+        The explanation, for the prepare report.
+    """
+    tiling = config.tiling
+    if tiling.stride >= tiling.size or config.split.block_tiles > 1:
+        return None
+    return (
+        f"tiling.stride {tiling.stride} is not used: with split.block_tiles 1 each split block is about one tile "
+        f"({tiling.size} px) wide and windows stay inside their block (so that splits never share pixels): a "
+        "block holds one window per axis, plus one flush with its far edge when it is a little wider; set "
+        f"split.block_tiles >= 2 for tiles every {tiling.stride} px"
+    )

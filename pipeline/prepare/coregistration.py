@@ -101,6 +101,9 @@ class CoregistrationResult:
     kept tie points against ``matrix`` (nan when none is kept) and ``n_kept`` their number. In the
     translation fallback no consensus was found, so the kept points are all the gated ones and the
     RMSE says how far they are from the global translation: a large value means "do not trust".
+    ``residual_px`` and ``identity_residual_px`` are the median distances of the gated tie points
+    (those that passed the reliability and ``max_shift_px`` gate, before RANSAC) from ``matrix`` and
+    from no correction at all; nan without gated points. See :func:`acceptance`.
     """
 
     method: Literal["intensity", "structure"]
@@ -111,6 +114,20 @@ class CoregistrationResult:
     tiepoints: tuple[TiePoint, ...]
     rmse_px: float
     n_kept: int
+    residual_px: float = float("nan")
+    identity_residual_px: float = float("nan")
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The verdict on a co-registration: keep the image (corrected or not) or refuse it, and why."""
+
+    accepted: bool
+    corrected: bool
+    reason: str | None
+
+
+REGISTERED_HINT = "if the images are already co-registered, set `coregistration: {enabled: false}`"
 
 
 # --- descriptors -------------------------------------------------------------------------------
@@ -489,6 +506,52 @@ def _fit_affine(
     return matrix, flagged, _rmse(transform.residuals(src[inliers], dst[inliers]))
 
 
+def _median_residuals(points: list[TiePoint], matrix: tuple[float, ...]) -> tuple[float, float]:
+    """Median distance (px) of the points from ``matrix`` and from the identity (nan without points)."""
+    if not points:
+        return float("nan"), float("nan")
+    src, dst = _point_arrays(points)
+    fitted = src @ np.reshape(matrix, (2, 3))[:, :2].T + np.reshape(matrix, (2, 3))[:, 2]
+    return float(np.median(np.hypot(*(dst - fitted).T))), float(np.median(np.hypot(*(dst - src).T)))
+
+
+def acceptance(result: CoregistrationResult, config: CoregistrationConfig) -> Acceptance:
+    """Whether to apply a correction, keep the image uncorrected, or refuse it.
+
+    A correction is applied only if it beats no correction: when the gated tie points lie as close to
+    the identity as to the fitted model (median distance), the image is kept uncorrected, as a
+    pre-registered pair whose tie points are noise would be. Otherwise the correction must pass the
+    ``max_rmse_px`` and ``min_reliability`` gates, or the image is refused with a message that says
+    how to turn co-registration off for pre-registered data.
+
+    Args:
+        result: the measurement of :func:`coregister`.
+        config: the co-registration settings (``max_rmse_px``, ``min_reliability``).
+
+    Returns:
+        The verdict; ``reason`` explains an uncorrected or refused image, with the measured residuals.
+    """
+    fit, identity = result.residual_px, result.identity_residual_px
+    if identity <= fit:  # False when either is nan (no gated tie point)
+        return Acceptance(True, False, (
+            f"kept uncorrected: the tie points lie as close to no correction (median residual {identity:.2f} px) "
+            f"as to the fitted {result.model} ({fit:.2f} px)"
+        ))
+    if math.isnan(result.rmse_px):
+        if result.reliability < config.min_reliability:
+            return Acceptance(False, False, (
+                f"no reliable tie points and global reliability {result.reliability:.1f}% < "
+                f"{config.min_reliability}%; {REGISTERED_HINT}"
+            ))
+        return Acceptance(True, True, None)
+    if result.rmse_px > config.max_rmse_px:
+        return Acceptance(False, False, (
+            f"tie-point RMSE {result.rmse_px:.2f} px > max_rmse_px {config.max_rmse_px} (median residual "
+            f"{fit:.2f} px corrected, {identity:.2f} px uncorrected); {REGISTERED_HINT}"
+        ))
+    return Acceptance(True, True, None)
+
+
 def _translation_rmse(points: list[TiePoint], shift: tuple[float, float]) -> float:
     """RMS distance of the gated points from the global translation (nan without any)."""
     src, dst = _point_arrays([point for point in points if point.inlier])
@@ -518,7 +581,8 @@ def coregister(
     ``*_black`` is GOLD's black rule for integer imagery (see :func:`pipeline.io.raster.read_window`).
 
     The correction is not applied: the caller re-warps from the source with ``matrix``, and refusing an
-    image above ``config.max_rmse_px`` (or without a usable RMSE) is the caller's decision too.
+    image above ``config.max_rmse_px`` (or one no better than no correction) is the caller's decision
+    too (see :func:`acceptance`).
 
     Args:
         reference: the reference image, open.
@@ -549,6 +613,7 @@ def coregister(
         dx, dy, reliability = _global_shift(ref_source, mov_source, structure=structure, config=config)
         offset = (round(dx), round(dy)) if reliability > 0 else (0, 0)
         points = _tiepoints(ref_source, mov_source, offset, structure=structure, config=config)
+        gated = [point for point in points if point.inlier]
         fit = _fit_affine(points, config)
     if fit is not None:
         matrix, points, rmse = fit
@@ -557,6 +622,7 @@ def coregister(
         matrix = (1.0, 0.0, dx, 0.0, 1.0, dy)
         rmse = _translation_rmse(points, (dx, dy))
         model = "translation"
+    residual, identity_residual = _median_residuals(gated, matrix)
     return CoregistrationResult(
         method="structure" if structure else "intensity",
         model=model,
@@ -566,4 +632,6 @@ def coregister(
         tiepoints=tuple(points),
         rmse_px=rmse,
         n_kept=sum(point.inlier for point in points),
+        residual_px=residual,
+        identity_residual_px=identity_residual,
     )

@@ -25,7 +25,7 @@ from pipeline.config import PrepareConfig, Role
 from pipeline.errors import GroupError
 from pipeline.io.raster import bounded_gdal_cache, split_mat_key
 from pipeline.prepare.catalog import Scene
-from pipeline.prepare.coregistration import CoregistrationResult, coregister
+from pipeline.prepare.coregistration import Acceptance, CoregistrationResult, acceptance, coregister
 from pipeline.prepare.grid import GroupGrid, reference_grid, warped, write_cog
 from pipeline.prepare.labels import LabelSummary, inspect_label
 from pipeline.prepare.overlap import Group
@@ -231,9 +231,11 @@ def _coregister_scene(
             reference_black=_black_value(reference, config),
             moving_black=_black_value(scene, config),
         )
-    reason = _refusal(result, config)
-    record = _coregistration_record(group, scene, grid, result, reason is None, reason)
-    return record, None if reason is not None else Affine(*result.matrix)
+    verdict = acceptance(result, config.coregistration)
+    record = _coregistration_record(group, scene, grid, result, verdict)
+    if not verdict.accepted:
+        return record, None
+    return record, Affine(*result.matrix) if verdict.corrected else Affine.identity()
 
 
 def _cut_group_tiles(
@@ -251,20 +253,8 @@ def _black_value(scene: Scene, config: PrepareConfig) -> float | None:
     return config.tiling.black_value if scene.black_value_applies else None
 
 
-def _refusal(result: CoregistrationResult, config: PrepareConfig) -> str | None:
-    """Why a co-registration is refused, or None when it is accepted."""
-    limits = config.coregistration
-    if math.isnan(result.rmse_px):
-        if result.reliability < limits.min_reliability:
-            return f"no reliable tie points and global reliability {result.reliability:.1f}% < {limits.min_reliability}%"
-        return None
-    if result.rmse_px > limits.max_rmse_px:
-        return f"tie-point RMSE {result.rmse_px:.2f} px > max_rmse_px {limits.max_rmse_px}"
-    return None
-
-
 def _coregistration_record(
-    group: Group, scene: Scene, grid: GroupGrid, result: CoregistrationResult, accepted: bool, reason: str | None
+    group: Group, scene: Scene, grid: GroupGrid, result: CoregistrationResult, verdict: Acceptance
 ) -> dict:
     resolution = grid.resolution if grid.crs is not None else 1.0
     return {
@@ -280,11 +270,19 @@ def _coregistration_record(
         "reliability": result.reliability,
         "tiepoints": len(result.tiepoints),
         "tiepoints_kept": result.n_kept,
-        "rmse_px": None if math.isnan(result.rmse_px) else result.rmse_px,
-        "accepted": accepted,
-        "reason": reason,
+        "rmse_px": _finite(result.rmse_px),
+        # Median distances of the gated tie points from the correction and from none (see acceptance).
+        "residual_px": _finite(result.residual_px),
+        "identity_residual_px": _finite(result.identity_residual_px),
+        "accepted": verdict.accepted,
+        "corrected": verdict.corrected,
+        "reason": verdict.reason,
         "points": [asdict(point) for point in result.tiepoints],
     }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def _tile_from_json(data: dict) -> TileRecord:

@@ -94,9 +94,9 @@ def groups_frame(groups: list[Group], crs: CRS | None) -> gpd.GeoDataFrame:
             row[f"{role}_id"] = member.id if member else None
             row[f"overlap_{role}"] = next((v for r, v in g.ratios.items() if r.value == role), None)
         row["common_area"] = g.common_area.area
-        row["geometry"] = g.common_area
         rows.append(row)
-    return gpd.GeoDataFrame(rows, geometry="geometry", crs=crs)
+    # An explicit GeoSeries: with no group left, ``geometry="geometry"`` would name a missing column.
+    return gpd.GeoDataFrame(rows, geometry=gpd.GeoSeries([g.common_area for g in groups], crs=crs))
 
 
 def tiepoints_frame(rows: list[dict], crs: CRS | None) -> gpd.GeoDataFrame:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rasterio.crs import CRS
+from shapely.geometry import box
 
-from pipeline.config import PrepareConfig
-from pipeline.prepare.assembly import assemble, assigned_tiles, split_summary, tiepoint_rows
+from pipeline.config import PrepareConfig, Role
+from pipeline.prepare.assembly import assemble, assigned_tiles, split_summary, stride_note, tiepoint_rows
 from pipeline.prepare.group_build import GroupOutcome
+from pipeline.prepare.overlap import Group
 from pipeline.prepare.tiling import TileRecord
 
 UTM = CRS.from_epsg(32650)
@@ -23,21 +27,27 @@ def _tile(group: str, x: int, change: int = 0, labelled: int = 100) -> TileRecor
     )
 
 
-def _outcome(out, name: str, tiles: list[TileRecord], **extra) -> GroupOutcome:
+def _outcome(out, name: str, tiles: list[TileRecord], crs: CRS | None = UTM, **extra) -> GroupOutcome:
     for t in tiles:
         for role in ("A", "C"):
             path = out / "groups" / name / "tiles" / role / f"{t.tile_id}.tif"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f"{role} {t.tile_id}".encode())
-    grid = {"crs": UTM.to_wkt(), "transform": [4.0, 0, 1000.0, 0, -4.0, 2000.0], "width": 10, "height": 10}
+    grid = {"crs": crs.to_wkt() if crs else None, "transform": [4.0, 0, 1000.0, 0, -4.0, 2000.0], "width": 10, "height": 10}
     return GroupOutcome(name, "prepared", grid=grid, tiles=tiles, **extra)
+
+
+def _group(name: str, a: str = "a.tif", c: str = "c.tif") -> Group:
+    # Only the members' roles and paths matter to assembly.
+    members = {Role.A: SimpleNamespace(path=Path(a)), Role.C: SimpleNamespace(path=Path(c))}
+    return Group(name=name, members=members, ratios={}, common_area=box(0, 0, 1, 1))
 
 
 def test_duplicates_are_dropped_and_the_rest_is_linked_into_split_folders(tmp_path):
     g1 = _outcome(tmp_path, "g1", [_tile("g1", x) for x in range(6)])
     g2 = _outcome(tmp_path, "g2", [_tile("g2", 0)])  # the same ground as g1_x0
     config = PrepareConfig(scenes=[{"path": "a.tif", "role": "A"}])
-    splits, dropped, grid_crs = assemble([g2, g1], UTM, config, tmp_path)
+    splits, dropped, grid_crs = assemble([g2, g1], [_group("g1"), _group("g2")], UTM, config, tmp_path)
     assert dropped == {"duplicate": 1, "split_isolation": 0}
     assert set(splits) == {f"g1_x{x}" for x in range(6)}  # the first group by name wins
     assert grid_crs == {"g1": UTM, "g2": UTM}
@@ -46,7 +56,7 @@ def test_duplicates_are_dropped_and_the_rest_is_linked_into_split_folders(tmp_pa
             linked = tmp_path / "tiles" / split / role / f"{tile_id}.tif"
             source = tmp_path / "groups" / "g1" / "tiles" / role / f"{tile_id}.tif"
             assert os.path.samefile(linked, source)
-    again, _, _ = assemble([g1, g2], UTM, config, tmp_path)
+    again, _, _ = assemble([g1, g2], [_group("g1"), _group("g2")], UTM, config, tmp_path)
     assert again == splits
     assert sorted(p.name for p in tmp_path.iterdir()) == ["groups", "tiles"]  # nothing staged left behind
 
@@ -57,10 +67,36 @@ def test_split_summary_and_assigned_tiles(tmp_path):
     splits = {"g1_x0": "train", "g1_x1": "train", "g1_x2": "test", "g0_x0": "val"}
     kept = assigned_tiles([failed, GroupOutcome("g1", "prepared", tiles=tiles)], splits)
     assert [t.tile_id for t in kept] == ["g1_x0", "g1_x1", "g1_x2"]
-    summary = split_summary(kept, splits)
-    assert summary["train"] == {"tiles": 2, "change_fraction": pytest.approx(0.2)}
-    assert summary["val"] == {"tiles": 0, "change_fraction": None}
-    assert summary["test"] == {"tiles": 1, "change_fraction": None}
+    summary = split_summary(kept, splits, {"train": 0.6, "val": 0.2, "test": 0.2})
+    assert summary["train"] == {
+        "tiles": 2, "share": 0.667, "requested": 0.6, "change_pixels": 40, "change_fraction": pytest.approx(0.2)
+    }
+    assert summary["val"] == {"tiles": 0, "share": 0.0, "requested": 0.2, "change_pixels": 0, "change_fraction": None}
+    assert summary["test"] == {"tiles": 1, "share": 0.333, "requested": 0.2, "change_pixels": 0, "change_fraction": None}
+
+
+def test_pixel_space_groups_of_different_files_are_never_duplicates(tmp_path):
+    # Issue 17: every pixel-space image has the identity transform, so unrelated pairs overlapped.
+    names = [f"p{i}" for i in range(5)]
+    outcomes = [_outcome(tmp_path, n, [_tile(n, x) for x in range(2)], crs=None) for n in names]
+    groups = [_group(n, f"{n}_a.png", f"{n}_c.png") for n in names]
+    # A sixth group of the same files as p0 (listed twice) is a duplicate, as on a map.
+    outcomes.append(_outcome(tmp_path, "p5", [_tile("p5", x) for x in range(2)], crs=None))
+    groups.append(_group("p5", "p0_a.png", "p0_c.png"))
+    config = PrepareConfig(scenes=[{"path": "a.tif", "role": "A"}], split={"block_tiles": 1})
+    splits, dropped, grid_crs = assemble(outcomes, groups, None, config, tmp_path)
+    assert dropped == {"duplicate": 2, "split_isolation": 0}
+    assert set(splits) == {f"{n}_x{x}" for n in names for x in range(2)}
+    assert set(grid_crs.values()) == {None}
+
+
+def test_stride_note_says_why_the_stride_is_not_used():
+    config = PrepareConfig(
+        scenes=[{"path": "a.tif", "role": "A"}], tiling={"size": 256, "stride": 128}, split={"block_tiles": 1}
+    )
+    assert "tiling.stride 128 is not used" in stride_note(config)
+    assert "split.block_tiles >= 2" in stride_note(config)
+    assert stride_note(config.model_copy(update={"split": config.split.model_copy(update={"block_tiles": 2})})) is None
 
 
 def test_tiepoints_are_placed_through_their_group_grid(tmp_path):

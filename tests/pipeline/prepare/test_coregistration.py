@@ -22,7 +22,15 @@ from scipy import ndimage
 
 from pipeline.config import CoregistrationConfig
 from pipeline.errors import InputError
-from pipeline.prepare.coregistration import CoregistrationResult, coregister, phase_shift, structure_descriptor
+from pipeline.prepare.coregistration import (
+    Acceptance,
+    CoregistrationResult,
+    TiePoint,
+    acceptance,
+    coregister,
+    phase_shift,
+    structure_descriptor,
+)
 from pipeline.synthetic.sar import simulate_sar_amplitude
 
 SHIFTS = [(0.37, -0.61), (3.4, -5.7)]  # (dx, dy): sub-pixel and multi-pixel
@@ -345,3 +353,48 @@ def test_shuguang_registered_pair_is_close(shared_data):
     _report("Shuguang registered (SAR t1 reference, optical t2 moving)", result)
     assert result.shift_px == pytest.approx((1.5, 1.5), abs=1.0)
     assert result.reliability > 50
+
+
+# --- acceptance: a correction must beat no correction ------------------------------------------
+
+
+def _noisy_translation(shift: tuple[float, float], rmse: float) -> CoregistrationResult:
+    """A translation fallback whose gated tie points scatter by ~10 px around no shift at all."""
+    rng = np.random.default_rng(0)
+    points = tuple(TiePoint(32.0 * i, 32.0 * j, *rng.normal(0, 10, 2), 60.0, True) for i in range(5) for j in range(5))
+    src = np.array([(p.x, p.y) for p in points])
+    moved = src + np.array([(p.dx, p.dy) for p in points])
+    residual = float(np.median(np.hypot(*(moved - src - np.array(shift)).T)))
+    identity = float(np.median(np.hypot(*(moved - src).T)))
+    return CoregistrationResult(
+        "structure", "translation", (1.0, 0.0, shift[0], 0.0, 1.0, shift[1]), shift, 50.0, points, rmse, 25,
+        residual_px=residual, identity_residual_px=identity,
+    )
+
+
+def test_noise_tie_points_keep_the_image_uncorrected():
+    # A pre-registered pair: the "correction" (6, -5) px fits the scattered points worse than none.
+    result = _noisy_translation((6.0, -5.0), rmse=14.8)
+    verdict = acceptance(result, CoregistrationConfig())
+    assert (verdict.accepted, verdict.corrected) == (True, False)
+    assert verdict.reason.startswith("kept uncorrected")
+    assert f"{result.identity_residual_px:.2f} px" in verdict.reason
+
+
+def test_a_correction_that_beats_none_but_fits_badly_is_refused_with_the_switch():
+    result = _noisy_translation((0.5, 0.0), rmse=14.8)
+    result = CoregistrationResult(**{**result.__dict__, "residual_px": 9.0, "identity_residual_px": 12.0})
+    verdict = acceptance(result, CoregistrationConfig())
+    assert (verdict.accepted, verdict.corrected) == (False, False)
+    assert verdict.reason == (
+        "tie-point RMSE 14.80 px > max_rmse_px 2.0 (median residual 9.00 px corrected, 12.00 px uncorrected); "
+        "if the images are already co-registered, set `coregistration: {enabled: false}`"
+    )
+
+
+def test_coregister_measures_both_residuals_on_a_real_shift(shared_data):
+    image = _optical(shared_data, "rgb-byte")
+    result = _run(_crop(image), _crop(_shift(image, 2.0, -1.5)))
+    assert result.residual_px < 0.2
+    assert result.identity_residual_px == pytest.approx(2.5, abs=0.2)
+    assert acceptance(result, CoregistrationConfig()) == Acceptance(True, True, None)

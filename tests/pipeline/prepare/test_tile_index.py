@@ -5,7 +5,7 @@ from __future__ import annotations
 import geopandas as gpd
 from rasterio.crs import CRS
 
-from pipeline.prepare.tile_index import tiepoints_frame, write_index
+from pipeline.prepare.tile_index import groups_frame, tiepoints_frame, write_index
 
 
 def test_no_tie_points_give_an_empty_layer(tmp_path):
@@ -22,3 +22,9 @@ def test_tie_points_are_reprojected_into_the_index_crs():
     frame = tiepoints_frame(rows, CRS.from_epsg(4326))
     assert frame.loc[0, "image"] == "B"
     assert abs(frame.geometry[0].x - 117.0) < 1e-6 and abs(frame.geometry[0].y) < 1e-6
+
+
+def test_groups_layer_of_no_group_is_empty_not_an_error():
+    # Issue 17: every group refused gave `ValueError: Unknown column geometry` here.
+    frame = groups_frame([], CRS.from_epsg(32650))
+    assert frame.empty and frame.crs == CRS.from_epsg(32650)
