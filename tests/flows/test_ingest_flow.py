@@ -290,3 +290,58 @@ def test_a_late_label_reopens_its_group_and_evaluates_it(small_group, tmp_path, 
     assert reopened["status"] == "done" and reopened["reopened_by"] == ["g1_E"]
     assert "f1" in reopened["metrics"]["pixel"]
     assert third["waiting"] == {}
+
+
+def test_an_exception_in_a_pass_returns_its_claims_to_the_inbox(small_group, tmp_path, monkeypatch):
+    from pipeline.ingest import ingest_pass
+
+    inbox, workspace, config = _ingest_setup(tmp_path, _checkpoint(tmp_path / "model.pt"))
+    _drop(small_group, inbox)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ingest_pass, "build_catalog", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        ingest_flow.fn(str(config))
+    assert sorted(p.name for p in inbox.iterdir()) == ["g1_A.tif", "g1_B.tif", "g1_D.tif"]
+    assert list(workspace.claims.iterdir()) == []
+
+
+def test_overlapping_passes_build_a_shared_group_one_after_the_other(small_group, tmp_path, monkeypatch):
+    """Two passes whose groups share the archived A scene never build g1 (``.g1.partial``) at the same time."""
+    from pipeline.ingest import ingest_pass
+
+    inbox, workspace, config = _ingest_setup(tmp_path, _checkpoint(tmp_path / "model.pt"))
+    _drop(small_group, inbox, roles=("A",))
+    assert "g1_A" in ingest_flow.fn(str(config))["waiting"]
+    events, building, release = [], threading.Event(), threading.Event()
+    build = ingest_pass.process_group
+
+    def recorded_build(group, *args, **kwargs):
+        events.append(("start", sorted(m.id for m in group.members.values())))
+        building.set()
+        assert release.wait(120)
+        result = build(group, *args, **kwargs)
+        events.append(("end", sorted(m.id for m in group.members.values())))
+        return result
+
+    monkeypatch.setattr(ingest_pass, "process_group", recorded_build)
+    _drop(small_group, inbox, roles=("B",))
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(ingest_flow.fn, str(config))
+        assert building.wait(120)
+        _drop(small_group, inbox, roles=("C",))
+        second = pool.submit(ingest_flow.fn, str(config))
+        time.sleep(3)  # time for the second pass to reach g1
+        release.set()
+        reports = [first.result(), second.result()]
+    assert [kind for kind, _ in events] == ["start", "end", "start", "end"]
+    assert not (workspace.root / "prepared" / "groups" / ".g1.partial").exists()
+    assert reports[0]["groups"]["g1"]["status"] == "done"
+    # The second pass saw g1 as A + C (B was still claimed by the first): the A + B checkpoint fails it.
+    assert reports[1]["groups"]["g1"]["status"] == "failed" and "has no B image" in reports[1]["groups"]["g1"]["error"]
+    monkeypatch.setattr(ingest_pass, "process_group", build)
+    retried = ingest_flow.fn(str(config))  # nothing new in the inbox; g1 is pending, now with A, B and C
+    assert retried["groups"]["g1"]["status"] == "done" and retried["groups"]["g1"]["reopened_by"] == ["g1_D"]
+    assert retried["pending"] == {}
