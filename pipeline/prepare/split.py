@@ -156,7 +156,7 @@ def fit_block_tiles(
     used = next((b for b, n in counts.items() if n >= needed), 1)
     if counts[used] < len(shares):
         raise ConfigError(
-            f"split.block_tiles: the scenes give only {counts[1]} blocks even with block_tiles 1 (one tile of "
+            f"split.block_tiles: the scenes give only {counts[1]} block(s) even with block_tiles 1 (one tile of "
             f"{size} px), fewer than the {len(shares)} splits with a positive ratio; use a smaller tiling.size, "
             "more scenes, or set a split's ratio to 0"
         )

@@ -84,5 +84,5 @@ def test_blocks_shrink_until_the_ratios_can_be_met():
 
 
 def test_too_few_blocks_even_at_one_tile_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"split.block_tiles.*2 blocks.*3 splits"):
+    with pytest.raises(ConfigError, match=r"split.block_tiles.*2 block\(s\).*3 splits"):
         fit_block_tiles([(256, 256), (300, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
