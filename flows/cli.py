@@ -207,7 +207,8 @@ def ingest(
         report = ingest_flow(str(config.resolve()))
     console.print(f"claimed {len(report['claimed'])} scene(s); record {settings.workspace / 'runs' / report['run_id']}.json")
     for name, outcome in report["groups"].items():
-        detail = outcome.get("error") or f"{outcome.get('n_polygons', 0)} polygons"
+        detail = outcome.get("error") or (f"by pass {outcome['done_by']}" if "done_by" in outcome
+                                          else f"{outcome['n_polygons']} polygons in {outcome['polygons']}")
         console.print(f"group {name}: {outcome['status']} ({detail})")
     for name, reason in report["refused"].items():
         console.print(f"[yellow]refused:[/] {name}: {reason}")

@@ -91,6 +91,8 @@ class IngestPass:
 
     def __exit__(self, *exc_info: object) -> None:
         self._lease.__exit__(*exc_info)
+        if not self.claim_dir.exists():  # taken back by another pass (this one stopped renewing its lease)
+            return
         # Normally empty by now; after an exception these are the scenes this pass did not finish.
         unfinished = return_to_inbox(self.claim_dir, self.config.inbox, self.workspace, self.run_id)
         if unfinished:
