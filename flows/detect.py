@@ -21,6 +21,7 @@ from flows.progress import progress_bar
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect.group_run import prepared_groups, run_group
 from pipeline.errors import ChangeflowError
+from pipeline.io.paths import contained
 
 REPORT = "detect_report.json"
 
@@ -74,7 +75,8 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
         {group: summary or error}.
 
     Raises:
-        ChangeflowError: for an invalid config or a prepare output without the groups asked for.
+        ChangeflowError: for an invalid config or a prepare output without the groups asked for; an
+            UnsafePathError for a group folder whose name would put its output outside ``out_dir``.
     """
     config = load_config(Path(config_path), DetectConfig)
     out = Path(out_dir)
@@ -82,7 +84,7 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     (out / "detect_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     summaries = {}
     for group_dir in prepared_groups(config.prepared, config.groups):
-        summary = detect_group_task(group_dir, config, out / group_dir.name, progress)
+        summary = detect_group_task(group_dir, config, contained(out, group_dir.name), progress)
         summaries[group_dir.name] = summary
         print(f"group {group_dir.name}: " + (summary.get("error") or f"{summary['n_polygons']} polygons"))
     (out / REPORT).write_text(json.dumps(summaries, indent=1))

@@ -47,7 +47,7 @@ def name_problem(name: str) -> str | None:
         The problem, to follow the name in a message; None for a safe name.
     """
     if len(name) > MAX_NAME_LENGTH:
-        return f"is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed"
+        return f"is too long: {len(name)} characters, at most {MAX_NAME_LENGTH} are allowed"
     if ".." in name or SAFE_NAME.fullmatch(name) is None:
         return "is not a safe name: use letters, digits, '_', '.' and '-', starting with a letter or digit, no '..'"
     return None

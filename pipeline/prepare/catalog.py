@@ -24,11 +24,13 @@ from shapely.ops import unary_union
 
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
 from pipeline.errors import InputError
+from pipeline.io.paths import name_problem, shown
 from pipeline.io.raster import is_integer, open_raster, read_window
 from pipeline.products import archive as product_archive
 from pipeline.products import read_product, recognise
 
-INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)$", re.IGNORECASE)
+# DOTALL and \Z: a name with a newline is still seen as a scene file (and refused by name), not skipped.
+INBOX_PATTERN = re.compile(r"^(?P<base>.+)_(?P<letter>[ABDE])\.(?:tif|tiff|png)\Z", re.IGNORECASE | re.DOTALL)
 INBOX_ROLES = {"A": Role.A, "B": Role.B, "D": Role.C, "E": Role.label}
 # Role of an inbox product whose sensor no role of ``inbox_sensors`` names.
 PRODUCT_ROLES = {Sensor.gf2: Role.A, Sensor.gf3: Role.B, Sensor.s2: Role.C}
@@ -66,6 +68,25 @@ class Scene:
         return not self.role.is_label and is_integer(self.dtype)
 
 
+class RefusedEntry(SceneEntry):
+    """An inbox file or product refused when scanned (its name cannot become a group or scene id).
+
+    It stays in the scene list so that the catalog reports it (:func:`catalog_scene` raises an
+    InputError with ``reason``) and the rest of the batch goes on.
+    """
+
+    reason: str
+
+
+def _inbox_entry(path: Path, role: Role, **fields) -> SceneEntry:
+    """The entry of an inbox file or product; a RefusedEntry when its group or id is no safe name."""
+    for name in (fields.get("group"), fields.get("id")):
+        problem = None if name is None else name_problem(name)
+        if problem is not None:
+            return RefusedEntry(path=path, role=role, reason=f"inbox name {shown(name)} {problem}")
+    return SceneEntry(path=path, role=role, **fields)
+
+
 def _inbox_product(path: Path, roles: dict[Sensor, Role]) -> SceneEntry | None:
     """The entry of a provider product in an inbox (folder, archive or key file), else None.
 
@@ -79,10 +100,10 @@ def _inbox_product(path: Path, roles: dict[Sensor, Role]) -> SceneEntry | None:
         product = None
     if product is None:
         if product_archive.is_archive(path):
-            return SceneEntry(path=path, role=Role.A, id=product_archive.archive_stem(path))
+            return _inbox_entry(path, Role.A, id=product_archive.archive_stem(path))
         return None
     role = roles.get(product.sensor, PRODUCT_ROLES[product.sensor])
-    return SceneEntry(path=path, role=role, sensor=product.sensor, id=product.name)
+    return _inbox_entry(path, role, sensor=product.sensor, id=product.name)
 
 
 def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
@@ -91,7 +112,9 @@ def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
     GOLD's letters map to roles A, B, C (``D``) and label (``E``), grouped by ``base``. Provider products
     (GF-2, GF-3, Sentinel-2 folders or archives, see :mod:`pipeline.products`) get their role from
     their sensor and are grouped by footprint overlap; an unrecognised archive is still listed, so
-    that it is reported. Hidden files and other files are skipped.
+    that it is reported. Hidden files and other files are skipped. A base, product name or archive
+    stem that is not a safe name (:func:`pipeline.io.paths.name_problem`) gives a :class:`RefusedEntry`,
+    which the catalog reports with the reason.
 
     Args:
         folder: the inbox folder.
@@ -99,7 +122,7 @@ def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
             sensor back to its role.
 
     Returns:
-        One entry per inbox image or product, in name order.
+        One entry per inbox image or product, in name order (refused ones included).
 
     Raises:
         InputError: ``folder`` is not a folder.
@@ -121,9 +144,7 @@ def scan_inbox(folder: Path, sensors: dict[Role, Sensor]) -> list[SceneEntry]:
             continue
         role = INBOX_ROLES[match["letter"].upper()]
         sensor = sensors.get(role, Sensor.generic)
-        entries.append(
-            SceneEntry(path=path, role=role, sensor=sensor, group=match["base"], id=path.stem)
-        )
+        entries.append(_inbox_entry(path, role, sensor=sensor, group=match["base"], id=path.stem))
     return entries
 
 
@@ -199,8 +220,11 @@ def catalog_scene(entry: SceneEntry, config: PrepareConfig, *, cache: Path | Non
     Raises:
         InputError: the file or product is missing, unreadable or no recognised product; has no CRS
             while ``georeferenced`` is true; has a band count other than expected; or has
-            no valid pixel. The message names the file (the product for a product).
+            no valid pixel; or was refused by the inbox scan (:class:`RefusedEntry`). The message names the
+            file (the product for a product).
     """
+    if isinstance(entry, RefusedEntry):
+        raise InputError(entry.path, entry.reason)
     product = recognise(entry.path, hint=entry.sensor)
     if product is None:
         if entry.path.is_dir() or product_archive.is_archive(entry.path):

@@ -23,6 +23,7 @@ from rasterio.crs import CRS
 
 from pipeline.config import PrepareConfig, Role
 from pipeline.errors import GroupError
+from pipeline.io.paths import contained
 from pipeline.io.raster import bounded_gdal_cache, split_mat_key
 from pipeline.prepare.catalog import Scene
 from pipeline.prepare.coregistration import Acceptance, CoregistrationResult, acceptance, coregister
@@ -112,14 +113,16 @@ def process_group(
         GroupError: if no image is left after co-registration.
         InputError: if a scene cannot be read, or a label cannot be read as a label (bands that differ,
             values outside its encoding; see :func:`pipeline.prepare.labels.inspect_label`).
+        UnsafePathError: if the group's name would put its folder outside ``OUT/groups`` (an InputError).
         ValueError: if the group has no common valid area.
     """
-    final = out_dir / "groups" / group.name
+    # The name comes from the user (scene list, inbox, scene id) and the folder is replaced below.
+    final = contained(out_dir / "groups", group.name)
     fingerprint = group_fingerprint(group, config)
     manifest = _finished_manifest(final, fingerprint)
     if manifest is not None:
         return GroupOutcome.from_manifest(group.name, "skipped", manifest)
-    work = final.with_name(f".{group.name}.partial")
+    work = contained(out_dir / "groups", f".{group.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     try:

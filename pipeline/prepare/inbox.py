@@ -46,6 +46,7 @@ from filelock import FileLock
 
 from pipeline.errors import InputError
 from pipeline.io.atomic import write_atomic
+from pipeline.io.paths import contained
 from pipeline.prepare.catalog import INBOX_PATTERN
 from pipeline.products import archive as product_archive
 from pipeline.products import recognise
@@ -98,8 +99,11 @@ class Workspace:
 
         Returns:
             ``claims/{run_id}`` of the workspace (not created here).
+
+        Raises:
+            UnsafePathError: ``run_id`` is not one plain name inside ``claims/``.
         """
-        return self.claims / run_id
+        return contained(self.claims, run_id)
 
 
 def _hash_file(digest, path: Path, name: str) -> None:
@@ -296,6 +300,7 @@ def claim_new_scenes(inbox: Path, workspace: Workspace, run_id: str, *, settle_s
     Raises:
         FileNotFoundError: the inbox does not exist.
         json.JSONDecodeError: the registry is not valid JSON.
+        UnsafePathError: ``run_id`` or a claimed name would lead out of the claim folder.
     """
     target = workspace.claim_dir(run_id)
     target.mkdir(parents=True, exist_ok=True)
@@ -315,7 +320,7 @@ def claim_new_scenes(inbox: Path, workspace: Workspace, run_id: str, *, settle_s
     ready += [p for p in products if p.name in settled]
     claimed = []
     for path in sorted(ready):
-        destination = target / path.name
+        destination = contained(target, path.name)
         try:
             os.rename(path, destination)  # atomic: a concurrent run gets FileNotFoundError
         except FileNotFoundError:
@@ -344,11 +349,13 @@ def move_into(path: Path, folder: Path, run_id: str) -> Path:
 
     Raises:
         OSError: the move fails (e.g. ``folder`` is on another file system, or ``path`` is gone).
+        UnsafePathError: the destination or the superseded copy would lie outside ``folder`` (the
+            old one is removed or replaced there, so it must be inside).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    destination = folder / path.name
+    destination = contained(folder, path.name)
     if destination.exists() and (destination.is_dir() or path.is_dir()):
-        aside = folder / ".superseded" / run_id / path.name
+        aside = contained(folder, ".superseded", run_id, path.name)
         if aside.exists():  # superseded twice in one run: keep the latest only
             _remove(aside)
         aside.parent.mkdir(parents=True, exist_ok=True)
@@ -380,7 +387,7 @@ def reject(path: Path, workspace: Workspace, run_id: str, reason: str) -> Path:
         OSError: the move or the write fails.
     """
     moved = move_into(path, workspace.rejected, run_id)
-    (workspace.rejected / f"{path.name}.reason.txt").write_text(reason + "\n")
+    contained(workspace.rejected, f"{path.name}.reason.txt").write_text(reason + "\n")
     return moved
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
+from pipeline.io.paths import contained
 from pipeline.products import archive, gf2, gf3, sentinel2
 from pipeline.products.common import ReadProduct, cache_key, source_fingerprint
 
@@ -175,7 +176,8 @@ def read_product(
 
     Raises:
         InputError: the archive is refused or corrupt, or the product is incomplete or malformed
-            (the message names the product).
+            (the message names the product); or its name would lead out of the cache (UnsafePathError,
+            naming the cache folder and the name).
         rasterio.errors.RasterioError: GDAL fails on the product's files (the catalog reports it as an
             InputError naming the product).
     """
@@ -185,12 +187,13 @@ def read_product(
         settings.model_dump(mode="json", exclude={"cache", "max_archive_bytes", "max_archive_members"}),
         grid.model_dump(mode="json", include={"crs", "resolution"}),
     )
-    out = cache / "products" / f"{product.name}-{key}.tif"
+    # Product names and archive stems come from file names: they may not lead out of the cache.
+    out = contained(cache / "products", f"{product.name}-{key}.tif")
     root = product.path
     extracted = None
     if archive.is_archive(product.path):
         limits = archive.Limits(settings.max_archive_bytes, settings.max_archive_members)
-        extracted = cache / "extracted" / f"{archive.archive_stem(product.path)}-{key}"
+        extracted = contained(cache / "extracted", f"{archive.archive_stem(product.path)}-{key}")
         if not out.exists():
             root = archive.extract(product.path, extracted, limits)
     if out.exists():

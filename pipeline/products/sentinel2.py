@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import rasterio
@@ -31,6 +31,7 @@ from rasterio.windows import Window
 from pipeline.config import GridConfig, ProductsConfig, Sensor
 from pipeline.errors import InputError
 from pipeline.io.atomic import atomic_path
+from pipeline.io.paths import contained
 from pipeline.products.common import (
     ReadProduct,
     describe,
@@ -207,14 +208,16 @@ def band_file(safe: Path, band: str, meta: dict, product: Path) -> Path:
         The band's .jp2 file.
 
     Raises:
-        InputError: no file of the band is listed or found, or the listed file is missing.
+        InputError: no file of the band is listed or found, or the listed file is missing; or a listed
+            file lies outside the SAFE (UnsafePathError, naming the SAFE folder and the entry).
     """
     pattern = re.compile(rf"_{band}(?:_(\d+)m)?$", re.IGNORECASE)
     candidates = []
     for entry in meta["images"]:
         match = pattern.search(entry)
         if match:
-            candidates.append((int(match[1] or 0), safe / f"{entry}.jp2"))
+            # IMAGE_FILE comes from the product's XML: a '..' or absolute entry may not read outside the SAFE.
+            candidates.append((int(match[1] or 0), contained(safe, *PurePosixPath(f"{entry}.jp2").parts)))
     if not candidates:
         for path in find_files(safe / "GRANULE", lambda n: n.lower().endswith(".jp2"), depth=4) if (safe / "GRANULE").is_dir() else []:
             match = pattern.search(path.stem)

@@ -31,7 +31,7 @@ def test_shown_escapes_control_characters_and_cuts_long_names():
     assert shown("a\x00b\n") == "'a\\x00b\\n'"
     long = shown("x" * 5000)
     assert long == repr("x" * 60) + "… (5000 characters)"
-    assert name_problem("x" * 5000) == f"is 5000 characters long, at most {MAX_NAME_LENGTH} are allowed"
+    assert name_problem("x" * 5000) == f"is too long: 5000 characters, at most {MAX_NAME_LENGTH} are allowed"
 
 
 def test_contained_joins_plain_names_inside_the_root(tmp_path):
