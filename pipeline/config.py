@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime as dt
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.io.paths import safe_name
 
 
 class Sensor(str, Enum):
@@ -46,6 +47,9 @@ SAR_SENSORS = frozenset({Sensor.gf3})
 
 
 LabelEncoding = Literal["change01", "binary255"]
+
+# A name that becomes a folder or file name (OUT/groups/{group}, tile ids, detection folders).
+SafeName = Annotated[str, AfterValidator(safe_name)]
 # What a prepare config may say: an encoding, or "auto" (resolved per label file from its values,
 # see pipeline.prepare.labels).
 LabelEncodingSetting = Literal["auto", "change01", "binary255"]
@@ -64,8 +68,8 @@ class SceneEntry(StrictModel):
     sensor: Sensor = Sensor.generic
     role: Role
     date: dt.date | None = None
-    group: str | None = None
-    id: str | None = Field(default=None, description="Scene id; defaults to the file stem.")
+    group: SafeName | None = None
+    id: SafeName | None = Field(default=None, description="Scene id; defaults to the file stem.")
     bands: int | None = Field(default=None, ge=1, description="Expected band count; checked.")
     sar: bool | None = Field(
         default=None,
@@ -483,7 +487,7 @@ class DetectConfig(StrictModel):
 
     prepared: Path = Field(description="A `changeflow prepare` output folder.")
     checkpoint: Path
-    groups: list[str] | None = Field(default=None, description="Groups to detect; default all prepared.")
+    groups: list[SafeName] | None = Field(default=None, description="Groups to detect; default all prepared.")
     window: int | None = Field(default=None, ge=16, description="Default: the training tile size.")
     overlap: float = Field(default=0.5, ge=0, lt=1)
     weighting: Literal["gaussian", "uniform"] = "gaussian"
