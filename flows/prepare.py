@@ -42,7 +42,19 @@ def prepare_group_task(
 
 @flow(name="prepare", log_prints=True)
 def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
-    """Prepare tiles from a config (scene list or inbox) into ``out_dir``; returns the run report."""
+    """Prepare tiles from a config (scene list or inbox) into ``out_dir``.
+
+    Args:
+        config_path: the prepare YAML.
+        out_dir: the output folder ``OUT`` (created; a rerun skips finished groups).
+        progress: show a progress bar over groups.
+
+    Returns:
+        The run report, also written to ``OUT/prepare_report.json``.
+
+    Raises:
+        ChangeflowError: no scene group was formed, or no group was prepared (each reason on the one line).
+    """
     config = load_config(Path(config_path))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

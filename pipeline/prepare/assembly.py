@@ -3,8 +3,8 @@
 Tiles that cover the same ground in several groups are de-duplicated, the rest are split by spatial
 blocks and hard-linked from the group folders into ``OUT/tiles/{split}/{role}``; the GeoPackage
 index gets the scenes, groups, tie points and tiles. Positions compare only within one space: the run's
-CRS when it is georeferenced; in pixel space each group is its own space, shared only by groups of the
-same image files (every pixel-space image has the identity transform, so unrelated images would
+CRS when it is georeferenced; in pixel space each group is its own space, shared only by groups with
+an image file in common (every pixel-space image has the identity transform, so unrelated images would
 otherwise look like the same place).
 """
 
@@ -71,7 +71,7 @@ def assemble(
     return splits, {"duplicate": len(duplicates), "split_isolation": len(conflicts)}, grid_crs
 
 
-def spaces(groups: list[Group], crs: CRS | None) -> dict[str, tuple[str, ...]]:
+def spaces(groups: list[Group], crs: CRS | None) -> dict[str, str]:
     """The space each group's tile positions are in: tiles of different spaces never coincide.
 
     Args:
@@ -79,20 +79,29 @@ def spaces(groups: list[Group], crs: CRS | None) -> dict[str, tuple[str, ...]]:
         crs: the run's common CRS; None for pixel-space runs.
 
     Returns:
-        Group name → its space: one shared space ``()`` when georeferenced; in pixel space, the sorted
-        resolved paths of the group's images (labels aside), so only groups of the same files share one.
+        Group name → its space: one shared space when georeferenced; in pixel space, groups that share
+        an image file (labels aside) share a space, named after the first of them, and the others each
+        have their own.
     """
     if crs is not None:
-        return {g.name: () for g in groups}
-    return {
-        g.name: tuple(sorted(str(Path(s.path).resolve()) for role, s in g.members.items() if not role.is_label))
-        for g in groups
-    }
+        return {g.name: "" for g in groups}
+    space: dict[str, str] = {}
+    owner: dict[str, str] = {}  # image file → space
+    for g in groups:
+        files = {str(Path(s.path).resolve()) for role, s in g.members.items() if not role.is_label}
+        linked = {owner[f] for f in files if f in owner}
+        name = min(linked) if linked else g.name
+        # A group that shares files with two spaces joins them into one.
+        space = {group: name if value in linked else value for group, value in space.items()}
+        owner = {f: name if value in linked else value for f, value in owner.items()}
+        owner.update(dict.fromkeys(files, name))
+        space[g.name] = name
+    return space
 
 
-def _by_space(records: list[TileRecord], space: dict[str, tuple[str, ...]]) -> list[list[TileRecord]]:
+def _by_space(records: list[TileRecord], space: dict[str, str]) -> list[list[TileRecord]]:
     """The records in one list per space, each in the given order."""
-    grouped: dict[tuple[str, ...], list[TileRecord]] = {}
+    grouped: dict[str, list[TileRecord]] = {}
     for t in records:
         grouped.setdefault(space[t.group], []).append(t)
     return list(grouped.values())

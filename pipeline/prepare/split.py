@@ -19,7 +19,6 @@ import numpy as np
 from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
 
-from pipeline.errors import ConfigError
 from pipeline.prepare.tiling import block_extents
 
 BlockKey = tuple[str, int, int]  # (group, block column, block row)
@@ -133,8 +132,9 @@ def fit_block_tiles(
     """The largest block size, at most ``block_tiles``, that gives enough blocks for the ratios.
 
     Enough is one block for the smallest positive share (``ceil(1 / min ratio)``, at least one per
-    split with a positive ratio). When no size gives that many, blocks of one tile size are used if they
-    give every split a block. Blocks are counted on the grids' extents, before black tiles are dropped.
+    split with a positive ratio). When no size gives that many, the size giving the most blocks is used.
+    Blocks are counted on the grids' extents, before black tiles are dropped. Too few blocks for every
+    split is a note, not an error: a small scene may be prepared only to run detection on it.
 
     Args:
         extents: (width, height) of every group grid, px.
@@ -143,27 +143,26 @@ def fit_block_tiles(
         ratios: the split shares (``train``, ``val``, ``test``).
 
     Returns:
-        The plan; its ``note`` explains a shrink (None when the configured size is kept).
-
-    Raises:
-        ConfigError: even blocks of one tile size are fewer than the splits with a positive ratio.
+        The plan; its ``note`` explains a shrink or says which splits will stay empty (None when the
+        configured size gives enough blocks).
     """
     shares = [r for r in ratios.values() if r > 0]
     needed = max(len(shares), math.ceil(1 / min(shares) - 1e-9))
     counts = {b: _count_blocks(extents, size, b) for b in range(block_tiles, 0, -1)}
-    if counts[block_tiles] >= needed:
-        return BlockPlan(block_tiles, block_tiles, counts[block_tiles], needed, None)
-    used = next((b for b, n in counts.items() if n >= needed), 1)
+    # The largest size reaching the goal, or the most blocks any size gives (counts run large to small).
+    used = next(b for b, n in counts.items() if n >= min(needed, max(counts.values())))
+    note = None
     if counts[used] < len(shares):
-        raise ConfigError(
-            f"split.block_tiles: the scenes give only {counts[1]} block(s) even with block_tiles 1 (one tile of "
-            f"{size} px), fewer than the {len(shares)} splits with a positive ratio; use a smaller tiling.size, "
-            "more scenes, or set a split's ratio to 0"
+        note = (
+            f"only {counts[used]} split block(s) even with split.block_tiles 1 (one {size} px tile), fewer than "
+            f"the {len(shares)} splits with a positive ratio: some splits stay empty (training needs train and "
+            "val tiles); use a smaller tiling.size or more scenes"
         )
-    note = (
-        f"split.block_tiles {block_tiles} gives {counts[block_tiles]} block(s), too few for the ratios "
-        f"(at least {needed}); used block_tiles {used} ({counts[used]} blocks)"
-    )
+    elif used != block_tiles:
+        note = (
+            f"split.block_tiles {block_tiles} gives {counts[block_tiles]} block(s), too few for the ratios "
+            f"(at least {needed}); used block_tiles {used} ({counts[used]} blocks)"
+        )
     return BlockPlan(block_tiles, used, counts[used], needed, note)
 
 

@@ -11,7 +11,7 @@ from rasterio.crs import CRS
 from shapely.geometry import box
 
 from pipeline.config import PrepareConfig, Role
-from pipeline.prepare.assembly import assemble, assigned_tiles, split_summary, stride_note, tiepoint_rows
+from pipeline.prepare.assembly import assemble, assigned_tiles, spaces, split_summary, stride_note, tiepoint_rows
 from pipeline.prepare.group_build import GroupOutcome
 from pipeline.prepare.overlap import Group
 from pipeline.prepare.tiling import TileRecord
@@ -80,12 +80,13 @@ def test_pixel_space_groups_of_different_files_are_never_duplicates(tmp_path):
     names = [f"p{i}" for i in range(5)]
     outcomes = [_outcome(tmp_path, n, [_tile(n, x) for x in range(2)], crs=None) for n in names]
     groups = [_group(n, f"{n}_a.png", f"{n}_c.png") for n in names]
-    # A sixth group of the same files as p0 (listed twice) is a duplicate, as on a map.
-    outcomes.append(_outcome(tmp_path, "p5", [_tile("p5", x) for x in range(2)], crs=None))
-    groups.append(_group("p5", "p0_a.png", "p0_c.png"))
+    # Groups of the same files as p0 (listed twice), or with p1's t1 image, are the same place, as on a map.
+    for name, a, c in (("p5", "p0_a.png", "p0_c.png"), ("p6", "p1_a.png", "other_c.png")):
+        outcomes.append(_outcome(tmp_path, name, [_tile(name, x) for x in range(2)], crs=None))
+        groups.append(_group(name, a, c))
     config = PrepareConfig(scenes=[{"path": "a.tif", "role": "A"}], split={"block_tiles": 1})
     splits, dropped, grid_crs = assemble(outcomes, groups, None, config, tmp_path)
-    assert dropped == {"duplicate": 2, "split_isolation": 0}
+    assert dropped == {"duplicate": 4, "split_isolation": 0}
     assert set(splits) == {f"{n}_x{x}" for n in names for x in range(2)}
     assert set(grid_crs.values()) == {None}
 
@@ -106,3 +107,11 @@ def test_tiepoints_are_placed_through_their_group_grid(tmp_path):
     (row,) = tiepoint_rows([outcome, GroupOutcome("g0", "failed")], {"g1": UTM})
     assert (row["map_x"], row["map_y"]) == (1040.0, 1980.0)
     assert row["group_name"] == "g1" and row["image"] == "C1" and row["grid_crs"] == UTM
+
+
+def test_pixel_space_groups_sharing_an_image_share_a_space():
+    groups = [_group("a", "1.png", "2.png"), _group("b", "3.png", "4.png"), _group("c", "4.png", "1.png"),
+              _group("d", "5.png", "6.png")]
+    # c shares 1.png with a and 4.png with b: the three are one place; d is its own.
+    assert spaces(groups, None) == {"a": "a", "b": "a", "c": "a", "d": "d"}
+    assert set(spaces(groups, UTM).values()) == {""}

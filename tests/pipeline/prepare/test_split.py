@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from shapely.geometry import box
 
-from pipeline.errors import ConfigError
 from pipeline.prepare.split import BlockStats, assign_splits, fit_block_tiles, isolation_conflicts
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -83,6 +82,12 @@ def test_blocks_shrink_until_the_ratios_can_be_met():
     assert (plan.used, plan.blocks, plan.note) == (4, 16, None)
 
 
-def test_too_few_blocks_even_at_one_tile_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"split.block_tiles.*2 block\(s\).*3 splits"):
-        fit_block_tiles([(256, 256), (300, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
+def test_too_few_blocks_even_at_one_tile_is_a_note_not_an_error():
+    # A small scene may be prepared only to detect on it: its tiles go to train, and the report says why.
+    plan = fit_block_tiles([(256, 256), (300, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
+    assert (plan.used, plan.blocks) == (4, 2)
+    assert plan.note.startswith("only 2 split block(s) even with split.block_tiles 1 (one 256 px tile)")
+    assert "some splits stay empty" in plan.note
+    # One-tile blocks help even when they are still too few: two splits instead of one.
+    plan = fit_block_tiles([(600, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
+    assert (plan.used, plan.blocks) == (1, 2) and "some splits stay empty" in plan.note
