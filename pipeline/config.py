@@ -562,12 +562,12 @@ class IngestConfig(StrictModel):
     workspace: Path = Field(description="State, archive, prepared groups and detections.")
     checkpoint: Path
     settle_seconds: float = Field(default=60.0, ge=0, description="Files younger than this wait.")
+    max_attempts: int = Field(default=3, ge=1, description="Passes that try a failing group before it is "
+                              "given up (its scenes go to rejected/ with the last error).")
     prepare: dict[str, Any] = Field(default_factory=dict)
     detect: dict[str, Any] = Field(default_factory=dict)
 
     def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
-    max_attempts: int = Field(default=3, ge=1, description="Passes that try a failing group before it is "
-                              "given up (its scenes go to rejected/ with the last error).")
         """The prepare config for newly claimed scenes; read products are cached in ``WORKSPACE/cache``.
 
         Args:
