@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +51,56 @@ def write_atomic(destination: Path | str, content: str | bytes) -> Path:
     with atomic_path(destination) as partial:
         partial.write_bytes(data)
     return Path(destination)
+
+
+def partial_folder(destination: Path | str) -> Path:
+    """A new, empty, hidden folder beside ``destination`` to build it in, then rename it onto it.
+
+    Its name, ``.{name}.{host}-{pid}.{random}.partial``, is unique to the call, so two processes (or
+    threads) building the same folder never remove each other's; host and pid let
+    :func:`remove_abandoned_partials` find those of killed processes.
+
+    Args:
+        destination: the folder to be built; its parent is created if missing.
+
+    Returns:
+        The new folder.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{destination.name}.{_host()}-{os.getpid()}."
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=destination.parent))
+
+
+def remove_abandoned_partials(destination: Path | str) -> None:
+    """Remove the :func:`partial_folder` folders of ``destination`` whose process, on this host, is gone.
+
+    A killed build leaves its partial folder; a build still running (here or on another host sharing
+    the folder) keeps its own.
+
+    Args:
+        destination: the folder whose partial folders are looked for beside it.
+    """
+    destination = Path(destination)
+    if not destination.parent.is_dir():
+        return
+    pattern = re.compile(re.escape(f".{destination.name}.{_host()}-") + r"(\d+)\.[^/]*\.partial")
+    for entry in destination.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and not _running(int(match.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _host() -> str:
+    # Host names may hold dots, which separate the parts of a partial folder's name.
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True

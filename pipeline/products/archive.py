@@ -6,8 +6,9 @@ Archives come from outside, so nothing in them is trusted:
 - symbolic and hard links, devices and FIFOs are refused: only regular files and folders are made;
 - the member count and the bytes actually written are capped (a zip bomb stops at the cap, whatever
   sizes its headers claim);
-- extraction goes to a hidden staging folder that is renamed when complete, so a failed or killed
-  extraction never leaves a half-filled folder that looks finished.
+- extraction goes to a hidden staging folder, unique to the extraction, that is renamed when
+  complete, so a failed or killed extraction never leaves a half-filled folder that looks finished,
+  and a refused one leaves nothing at all.
 
 Every refusal is an :class:`~pipeline.errors.InputError` naming the archive.
 """
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import InputError
+from pipeline.io.atomic import partial_folder, remove_abandoned_partials
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 CHUNK = 1 << 20
@@ -139,8 +141,10 @@ def _check_count(archive: Path, count: int, limits: Limits) -> None:
 def extract(archive: Path, destination: Path, limits: Limits = Limits()) -> Path:
     """Extract ``archive`` into ``destination`` (created; reused when already complete).
 
-    Extraction goes to a hidden ``.{name}.partial`` folder beside ``destination``, renamed when
-    complete; on any failure it is removed.
+    Extraction goes to a hidden staging folder beside ``destination``, unique to the call (two
+    processes extracting the same archive never remove each other's), renamed when complete. On any
+    failure it is removed with the folders above it that this call created, so a refused archive
+    leaves nothing behind; staging folders of killed extractions are removed first.
 
     Args:
         archive: a .zip, .tar, .tar.gz or .tgz file.
@@ -158,38 +162,17 @@ def extract(archive: Path, destination: Path, limits: Limits = Limits()) -> Path
     if destination.is_dir():
         return destination
     members = _members(archive, limits)
-    staging = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    written = 0
-    root = staging.resolve()
+    created = [p for p in (destination.parent, *destination.parent.parents) if not p.exists()]
+    remove_abandoned_partials(destination)
+    staging = partial_folder(destination)
     try:
-        is_zip = archive.name.lower().endswith(".zip")
-        opener = zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)
-        with opener as handle:
-            for relative, info in members:
-                target = (staging / relative).resolve()
-                if root not in target.parents:
-                    raise InputError(archive, f"archive member '{relative}' points outside the extraction folder; refused")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                stream = handle.open(info) if is_zip else handle.extractfile(info)
-                if stream is None:
-                    raise InputError(archive, f"archive member '{relative}' cannot be read")
-                with stream, open(target, "wb") as out:
-                    while chunk := stream.read(CHUNK):
-                        written += len(chunk)
-                        if written > limits.max_bytes:
-                            raise InputError(
-                                archive, f"archive expands beyond {limits.max_bytes} bytes; extraction stopped"
-                            )
-                        out.write(chunk)
+        _extract_members(archive, members, staging, limits)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zipfile.LargeZipFile) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging, created)
         raise InputError(archive, f"archive is corrupt ({exc})") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging, created)
         raise
-    destination.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(staging, destination)
     except OSError:
@@ -198,3 +181,36 @@ def extract(archive: Path, destination: Path, limits: Limits = Limits()) -> Path
         if not destination.is_dir():
             raise
     return destination
+
+
+def _extract_members(archive: Path, members: list, staging: Path, limits: Limits) -> None:
+    """Write the checked ``members`` into ``staging``, stopping at the byte cap."""
+    written = 0
+    root = staging.resolve()
+    is_zip = archive.name.lower().endswith(".zip")
+    opener = zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)
+    with opener as handle:
+        for relative, info in members:
+            target = (staging / relative).resolve()
+            if root not in target.parents:
+                raise InputError(archive, f"archive member '{relative}' points outside the extraction folder; refused")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stream = handle.open(info) if is_zip else handle.extractfile(info)
+            if stream is None:
+                raise InputError(archive, f"archive member '{relative}' cannot be read")
+            with stream, open(target, "wb") as out:
+                while chunk := stream.read(CHUNK):
+                    written += len(chunk)
+                    if written > limits.max_bytes:
+                        raise InputError(archive, f"archive expands beyond {limits.max_bytes} bytes; extraction stopped")
+                    out.write(chunk)
+
+
+def _remove(staging: Path, created: list[Path]) -> None:
+    """Remove a failed extraction's staging folder and the (now empty) folders made for it."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # another extraction put something there, or it is gone already

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +83,58 @@ def test_not_an_archive(tmp_path):
     path.write_bytes(b"this is not a zip")
     with pytest.raises(InputError, match="not a readable archive"):
         extract(path, tmp_path / "out")
+
+
+def test_an_archive_refused_for_its_size_leaves_nothing_in_the_cache(tmp_path, scenery):
+    from pipeline.config import ProductsConfig
+    from pipeline.products import read_product, recognise
+    from tests.fixtures.products import write_s2_product
+
+    zipped = write_s2_product(tmp_path / "inbox", scenery, archive="zip").path
+    cache = tmp_path / "cache"
+    with pytest.raises(InputError, match="expands beyond 1000 bytes") as info:
+        read_product(recognise(zipped), ProductsConfig(max_archive_bytes=1000), cache=cache)
+    assert info.value.path == zipped
+    assert not (cache / "extracted").exists()  # not even an empty folder
+
+
+def test_a_refused_extraction_keeps_an_existing_parent_and_its_other_entries(tmp_path):
+    extracted = tmp_path / "extracted"
+    (extracted / "other-key").mkdir(parents=True)
+    with pytest.raises(InputError, match="expands beyond"):
+        extract(write_hostile_zip(tmp_path / "bomb.zip", "bomb"), extracted / "bomb-key", Limits(max_bytes=1 << 20))
+    assert [p.name for p in extracted.iterdir()] == ["other-key"]
+
+
+def test_concurrent_extractions_of_one_archive_never_share_a_staging_folder(tmp_path, monkeypatch):
+    """A second extraction of the same archive (another pass) starting mid-way does not delete the first's files."""
+    import pipeline.products.archive as archive_module
+
+    archive = _good_zip(tmp_path / "p.zip")
+    destination = tmp_path / "extracted" / "p-key"
+    opened = zipfile.ZipFile.open
+    nested = []
+
+    def open_and_start_another(self, info, *args, **kwargs):
+        # While the first extraction writes its first member, a second one of the same archive runs whole.
+        if not nested:
+            nested.append(True)
+            archive_module.extract(archive, tmp_path / "extracted" / "p-key")
+        return opened(self, info, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", open_and_start_another)
+    assert extract(archive, destination) == destination
+    assert (destination / "P.SAFE" / "GRANULE" / "G" / "IMG_DATA" / "a.jp2").read_bytes() == b"1234"
+    assert [p.name for p in destination.parent.iterdir()] == ["p-key"]  # no staging folder left
+
+
+def test_a_staging_folder_of_a_killed_extraction_is_removed_by_the_next(tmp_path):
+    extracted = tmp_path / "extracted"
+    # What a kill -9 mid-extraction leaves: the staging folder of a process that is gone.
+    subprocess.run([sys.executable, "-c", (
+        "import sys; from pipeline.io.atomic import partial_folder; "
+        "(partial_folder(sys.argv[1]) / 'half.jp2').write_bytes(b'12')"
+    ), str(extracted / "p-key")], check=True, cwd=Path(__file__).parents[3])
+    assert len(list(extracted.glob(".p-key.*.partial/half.jp2"))) == 1
+    extract(_good_zip(tmp_path / "p.zip"), extracted / "p-key")
+    assert [p.name for p in extracted.iterdir()] == ["p-key"]
