@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import defusedxml.ElementTree
 import numpy as np
+from defusedxml import DefusedXmlException
 from rasterio.windows import Window
 
 from pipeline.config import Sensor
@@ -43,7 +45,10 @@ class ReadProduct:
 
 
 def parse_xml(path: Path, product: Path) -> ET.Element:
-    """The root element of a metadata file.
+    """The root element of a metadata file, parsed as untrusted XML (defusedxml).
+
+    Provider metadata never declares entities, so any entity declaration (an entity bomb, an external
+    entity reading a local file or a URL) is refused before it is expanded.
 
     Args:
         path: the XML file.
@@ -53,14 +58,20 @@ def parse_xml(path: Path, product: Path) -> ET.Element:
         The root element.
 
     Raises:
-        InputError: naming the product, when the file is missing or not well-formed XML.
+        InputError: naming the product and the file, when the file is missing, not well-formed XML, or
+            declares entities.
     """
     try:
-        return ET.parse(path).getroot()
+        return defusedxml.ElementTree.parse(path).getroot()
     except FileNotFoundError:
         raise InputError(product, f"metadata file {path.name} is missing") from None
     except ET.ParseError as exc:
         raise InputError(product, f"malformed XML in {path.name}: {exc}") from None
+    except DefusedXmlException as exc:
+        raise InputError(
+            product, f"unsafe XML in {path.name} refused: entity declarations and external references are not "
+            f"allowed ({exc})"
+        ) from None
 
 
 def local(tag: str) -> str:
