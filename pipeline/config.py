@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -363,14 +363,16 @@ def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
         return config.model_copy(update={"data": data, "text": text})
     if isinstance(config, IngestConfig):
         return config.model_copy(update={
-            key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
+            key: getattr(config, key) if getattr(config, key) is None or getattr(config, key).is_absolute()
+            else base / getattr(config, key)
             for key in ("inbox", "workspace", "checkpoint")
         })
     if isinstance(config, RunConfig):
         return config.model_copy(update={"prepare": resolve_paths(config.prepare, base)})
     if isinstance(config, DetectConfig):
         return config.model_copy(update={
-            key: getattr(config, key) if getattr(config, key).is_absolute() else base / getattr(config, key)
+            key: getattr(config, key) if getattr(config, key) is None or getattr(config, key).is_absolute()
+            else base / getattr(config, key)
             for key in ("prepared", "checkpoint")
         })
     if not isinstance(config, PrepareConfig):
@@ -482,11 +484,17 @@ class VectorizeConfig(StrictModel):
     simplify_px: float = Field(default=1.0, ge=0, description="Topology-preserving, in pixels.")
 
 
+LabelFreeMethod = Literal["cva", "irmad", "log_ratio", "mean_ratio", "npsg"]
+
+
 class DetectConfig(StrictModel):
     """Configuration of `changeflow detect` (and of the detect step of `changeflow run`)."""
 
     prepared: Path = Field(description="A `changeflow prepare` output folder.")
-    checkpoint: Path
+    checkpoint: Path | None = Field(default=None, description="A trained model; or give `method` instead.")
+    method: LabelFreeMethod | None = Field(
+        default=None, description="A label-free method instead of a checkpoint: cva or irmad (optical A + C), "
+        "log_ratio or mean_ratio (SAR A + B), npsg (heterogeneous A + B).")
     groups: list[SafeName] | None = Field(default=None, description="Groups to detect; default all prepared.")
     window: int | None = Field(default=None, ge=16, description="Default: the training tile size.")
     overlap: float = Field(default=0.5, ge=0, lt=1)
@@ -501,6 +509,14 @@ class DetectConfig(StrictModel):
                                "(default: the training prompt of the group).")
     vectorize: VectorizeConfig = VectorizeConfig()
     evaluate: bool = Field(default=True, description="Score against the group's label when it has one.")
+
+    @model_validator(mode="after")
+    def _checkpoint_or_method(self) -> DetectConfig:
+        if (self.checkpoint is None) == (self.method is None):
+            raise ValueError("give exactly one of 'checkpoint' (a trained model) and 'method' (a label-free "
+                             f"method: {', '.join(get_args(LabelFreeMethod))}), not "
+                             + ("both" if self.checkpoint is not None else "neither"))
+        return self
 
 
 class RunConfig(StrictModel):
@@ -541,7 +557,9 @@ class RunConfig(StrictModel):
         Raises:
             ConfigError: a ``detect`` key is unknown or has a bad value (the message names section and key).
         """
-        return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, "checkpoint": checkpoint})
+        # A label-free `method` replaces the trained checkpoint.
+        model = {} if self.detect.get("method") else {"checkpoint": checkpoint}
+        return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, **model})
 
 
 def _section(model: type[StrictModel], name: str, values: dict[str, Any]) -> Any:
@@ -560,7 +578,8 @@ class IngestConfig(StrictModel):
 
     inbox: Path
     workspace: Path = Field(description="State, archive, prepared groups and detections.")
-    checkpoint: Path
+    checkpoint: Path | None = Field(default=None, description="A trained model; or give `method` instead.")
+    method: LabelFreeMethod | None = Field(default=None, description="A label-free method instead of a checkpoint.")
     settle_seconds: float = Field(default=60.0, ge=0, description="Files younger than this wait.")
     max_attempts: int = Field(default=3, ge=1, description="Passes that try a failing group before it is "
                               "given up (its scenes go to rejected/ with the last error).")
@@ -586,15 +605,15 @@ class IngestConfig(StrictModel):
         return _section(PrepareConfig, "prepare", values)
 
     def detect_config(self) -> DetectConfig:
-        """The detection config: the ``detect`` keys on ``WORKSPACE/prepared`` with the flow's checkpoint.
+        """The detection config: the ``detect`` keys on ``WORKSPACE/prepared`` with the flow's checkpoint or method.
 
         Returns:
             The validated DetectConfig.
 
         Raises:
-            ConfigError: a ``detect`` key is unknown or has a bad value (the message names section and key).
+            ConfigError: a ``detect`` key is unknown or has a bad value, or not exactly one of
+                ``checkpoint`` and ``method`` is given (the message names section and key).
         """
-        return _section(
-            DetectConfig, "detect",
-            {**self.detect, "prepared": self.workspace / "prepared", "checkpoint": self.checkpoint},
-        )
+        model = {key: value for key, value in (("checkpoint", self.checkpoint), ("method", self.method))
+                 if value is not None}
+        return _section(DetectConfig, "detect", {**self.detect, "prepared": self.workspace / "prepared", **model})

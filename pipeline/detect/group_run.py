@@ -4,7 +4,9 @@ Outputs in ``out``: ``change_probability.tif``, ``change_class.tif`` (COGs; sema
 add their class maps), ``changes.gpkg`` (layer ``changes``) and, when the group has a label and the
 config asks for evaluation, ``report.md`` / ``report.json`` / ``quicklook.png``. The polygons and
 rasters carry the t1/t2 scene ids, dates and sensors of the group's prepare manifest, the model,
-the checkpoint hash and the detection's run id.
+the checkpoint hash and the detection's run id. With a label-free ``method`` instead of a checkpoint
+(:mod:`~pipeline.detect.labelfree`) the same outputs are written, with the method's name as the model
+and no checkpoint hash.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from pipeline.config import DetectConfig
 from pipeline.detect.evaluate import evaluate_prediction, semantic_metrics
+from pipeline.detect.labelfree import detect_labelfree, open_method_pair
 from pipeline.detect.report import write_report
 from pipeline.detect.sliding import DetectionResult, DetectSettings, Progress, detect_group
 from pipeline.detect.vectorize import vectorize
@@ -114,6 +117,25 @@ def _summary(group_dir: Path, result: DetectionResult, polygons: Path, count: in
     return summary
 
 
+def _detect(group_dir: Path, config: DetectConfig, out: Path, progress: Progress | None,
+            device_slot: AbstractContextManager | None) -> tuple[DetectionResult, list[str], dict[str, str], int]:
+    """The rasters from the checkpoint or the label-free method: (result, input roles, polygon attributes, K)."""
+    if config.method is not None:
+        method, scene = open_method_pair(group_dir, config.method)
+        tags = provenance(group_dir, list(scene.roles))
+        result = detect_labelfree(scene, method, out, block_size=config.block_size,
+                                  probability_dtype=config.probability_dtype, threshold=config.threshold,
+                                  provenance={key.upper(): value for key, value in tags.items()}, progress=progress)
+        return result, list(scene.roles), {**tags, "model": method.name, "checkpoint_sha256": ""}, 0
+    checkpoint = load_checkpoint(config.checkpoint)
+    tags = provenance(group_dir, list(checkpoint["inputs"]))
+    with device_slot if device_slot is not None else nullcontext():
+        result = detect_group(group_dir, config.checkpoint, out, DetectSettings.from_config(config),
+                              provenance={key.upper(): value for key, value in tags.items()}, progress=progress)
+    attributes = {**tags, "model": checkpoint["model_name"], "checkpoint_sha256": file_sha256(config.checkpoint)}
+    return result, list(checkpoint["inputs"]), attributes, int(checkpoint.get("semantic_classes") or 0)
+
+
 def run_group(
     group_dir: Path,
     config: DetectConfig,
@@ -126,7 +148,7 @@ def run_group(
 
     Args:
         group_dir: a prepared group folder.
-        config: the detect config (checkpoint, inference, vectorize and evaluate settings).
+        config: the detect config (checkpoint or label-free method, inference, vectorize and evaluate settings).
         out: the group's output folder.
         progress: called as ``progress(description, blocks_finished, blocks_total)`` during detection.
         device_slot: held while the model runs (the flows pass their GPU slot); vectorising and
@@ -141,19 +163,13 @@ def run_group(
         ValueError: for settings that do not fit the scene.
     """
     timings: dict[str, float] = {}
-    checkpoint = load_checkpoint(config.checkpoint)
-    tags = provenance(group_dir, list(checkpoint["inputs"]))
     started = time.perf_counter()
-    with device_slot if device_slot is not None else nullcontext():
-        result = detect_group(group_dir, config.checkpoint, out, DetectSettings.from_config(config),
-                              provenance={key.upper(): value for key, value in tags.items()}, progress=progress)
+    result, inputs, attributes, classes_k = _detect(group_dir, config, out, progress, device_slot)
     timings["detect"] = time.perf_counter() - started
     started = time.perf_counter()
     # The run id is detection's own: kept when an interrupted run resumes or a finished one is reused.
-    attributes = {**tags, "model": checkpoint["model_name"], "checkpoint_sha256": file_sha256(config.checkpoint),
-                  "run_id": result.run_id}
+    attributes["run_id"] = result.run_id
     polygons = out / POLYGONS
-    classes_k = int(checkpoint.get("semantic_classes") or 0)
     count = vectorize(
         result.semantic["transitions"] if result.semantic else result.classes, result.probability, polygons,
         sieve_px=config.vectorize.sieve_px, min_area_m2=config.vectorize.min_area_m2,
@@ -166,7 +182,7 @@ def run_group(
     metrics = _evaluate(group_dir, config, result, polygons, classes_k)
     if metrics is not None:
         timings["evaluate"] = time.perf_counter() - started
-        report = _report(group_dir, config, result, list(checkpoint["inputs"]), metrics, timings, out)
+        report = _report(group_dir, config, result, inputs, metrics, timings, out)
         summary.update(metrics=metrics, report=str(report))
     summary["timings"] = timings
     return summary
