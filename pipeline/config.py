@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -330,67 +330,50 @@ def load_config(path: Path, model: type[StrictModel] = PrepareConfig) -> StrictM
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        config = model.model_validate(raw)
+        return model.model_validate(resolve_paths(model, raw, path.resolve().parent))
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(path, exc)) from None
-    return resolve_paths(config, path.resolve().parent)
 
 
-def resolve_paths(config: StrictModel, base: Path) -> StrictModel:
-    """Make a config's relative paths absolute relative to ``base`` (the config file's folder).
+def resolve_paths(model: type[StrictModel], values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the relative paths of a config's raw values absolute relative to ``base`` (its file's folder).
 
-    Resolved: scene paths, ``inbox``, ``scene_list``, ``products.cache`` and ``products.dem`` of a
-    PrepareConfig (also inside a RunConfig); ``data`` and ``text.prompts`` / ``text.embeddings`` of a
-    TrainConfig; ``inbox``, ``workspace`` and ``checkpoint`` of an IngestConfig; ``prepared`` and
-    ``checkpoint`` of a DetectConfig. Other configs are returned unchanged.
+    Every field typed ``Path`` is resolved, at any depth (scene paths, ``products.dem``, ``text.prompts``,
+    ...), and so are the free-form sections a config validates later (its ``sections``: ``train`` and
+    ``detect`` of a RunConfig, ``prepare`` and ``detect`` of an IngestConfig), so that no path is ever
+    read relative to the working directory or to the folder a stage config is copied to.
 
     Args:
-        config: a validated config.
+        model: the config class the values are for.
+        values: the raw values (as read from YAML); values of the wrong type are left for validation.
         base: the folder relative paths are relative to.
 
     Returns:
-        A copy of ``config`` with absolute paths.
+        A copy of ``values`` with absolute paths.
     """
-    if isinstance(config, TrainConfig):
-        text = config.text
-        if text is not None:
-            text = text.model_copy(update={
-                key: getattr(text, key) if getattr(text, key) is None or getattr(text, key).is_absolute()
-                else base / getattr(text, key)
-                for key in ("prompts", "embeddings")
-            })
-        data = config.data if config.data.is_absolute() else base / config.data
-        return config.model_copy(update={"data": data, "text": text})
-    if isinstance(config, IngestConfig):
-        return config.model_copy(update={
-            key: getattr(config, key) if getattr(config, key) is None or getattr(config, key).is_absolute()
-            else base / getattr(config, key)
-            for key in ("inbox", "workspace", "checkpoint")
-        })
-    if isinstance(config, RunConfig):
-        return config.model_copy(update={"prepare": resolve_paths(config.prepare, base)})
-    if isinstance(config, DetectConfig):
-        return config.model_copy(update={
-            key: getattr(config, key) if getattr(config, key) is None or getattr(config, key).is_absolute()
-            else base / getattr(config, key)
-            for key in ("prepared", "checkpoint")
-        })
-    if not isinstance(config, PrepareConfig):
-        return config
-    scenes = [
-        scene if scene.path.is_absolute() else scene.model_copy(update={"path": base / scene.path})
-        for scene in config.scenes
-    ]
-    def absolute(path: Path | None) -> Path | None:
-        return path if path is None or path.is_absolute() else base / path
+    sections = getattr(model, "sections", {})
+    resolved = {}
+    for key, value in values.items():
+        if key in sections and isinstance(value, dict):
+            resolved[key] = resolve_paths(sections[key], value, base)
+        elif key in model.model_fields:
+            resolved[key] = _absolute(model.model_fields[key].annotation, value, base)
+        else:
+            resolved[key] = value  # an unknown key: validation names it
+    return resolved
 
-    products = config.products.model_copy(
-        update={"cache": absolute(config.products.cache), "dem": absolute(config.products.dem)}
-    )
-    return config.model_copy(update={
-        "scenes": scenes, "inbox": absolute(config.inbox), "scene_list": absolute(config.scene_list),
-        "products": products,
-    })
+
+def _absolute(annotation: Any, value: Any, base: Path) -> Any:
+    """``value`` of a field typed ``annotation``, with its relative paths made absolute."""
+    kinds = get_args(annotation) or (annotation,)
+    if isinstance(value, (str, Path)) and Path in kinds:
+        return value if Path(value).is_absolute() else base / value
+    if isinstance(value, list) and get_origin(annotation) is list:
+        return [_absolute(kinds[0], item, base) for item in value]
+    models = [kind for kind in kinds if isinstance(kind, type) and issubclass(kind, StrictModel)]
+    if isinstance(value, dict) and models:
+        return resolve_paths(models[0], value, base)
+    return value
 
 
 def load_scene_list(path: Path) -> list[SceneEntry]:
@@ -529,6 +512,8 @@ class RunConfig(StrictModel):
     prepare: PrepareConfig
     train: dict[str, Any] = Field(default_factory=dict)
     detect: dict[str, Any] = Field(default_factory=dict)
+    # The configs the free-form sections become: their paths resolve against this file's folder too.
+    sections: ClassVar[dict[str, type[StrictModel]]] = {"train": TrainConfig, "detect": DetectConfig}
 
     def train_config(self, prepared: Path) -> TrainConfig:
         """The training config of the run: the ``train`` keys with ``data`` set to the prepared folder.
@@ -585,6 +570,8 @@ class IngestConfig(StrictModel):
                               "given up (its scenes go to rejected/ with the last error).")
     prepare: dict[str, Any] = Field(default_factory=dict)
     detect: dict[str, Any] = Field(default_factory=dict)
+    # The configs the free-form sections become: their paths resolve against this file's folder too.
+    sections: ClassVar[dict[str, type[StrictModel]]] = {"prepare": PrepareConfig, "detect": DetectConfig}
 
     def prepare_config(self, scenes: list[SceneEntry]) -> PrepareConfig:
         """The prepare config for newly claimed scenes; read products are cached in ``WORKSPACE/cache``.
