@@ -17,9 +17,8 @@ from typing import Any
 import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
-from pipeline.config import TilingConfig
 from pipeline.errors import GroupError, InputError
-from pipeline.io.raster import is_integer
+from pipeline.io.validity import POLICY_KEY, black_values, default_rule
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class GroupInputs:
 
     group: str
     paths: dict[str, Path]  # role -> grid raster, in forward order
-    black_values: dict[str, float | None]
+    black_values: dict[str, float | None]  # role -> GOLD's black value applied to it, or None
     crs: Any
     transform: Any
     height: int
@@ -107,25 +106,30 @@ def _describe(path: Path) -> tuple[tuple, int, str]:
 def check_inputs(group_dir: Path, checkpoint_path: Path, checkpoint: dict) -> GroupInputs:
     """The group's grid rasters for the checkpoint's inputs, checked against its band layout.
 
+    The black rule applied to each input is the checkpoint's validity policy, the one its training
+    data was prepared and trained with (see :mod:`pipeline.io.validity`); a checkpoint written before
+    the policy gets the default rule (black value 5 for integer rasters), as detection applied then.
+
     Args:
         group_dir: a prepared group folder (``grid/{role}.tif``).
         checkpoint_path: the checkpoint file, named in errors.
         checkpoint: its loaded payload.
 
     Returns:
-        The inputs, their black (nodata) values and their common grid.
+        The inputs, their black values and their common grid.
 
     Raises:
-        InputError: for a checkpoint that is not inference-ready or lacks normalisation statistics,
-            a missing group folder, an unreadable raster or one with another band count.
+        InputError: for a checkpoint that is not inference-ready or lacks normalisation statistics
+            or a validity rule for an input, a missing group folder, an unreadable raster or one with
+            another band count.
         GroupError: for a missing role or rasters on different grids.
     """
     roles = _check_checkpoint(checkpoint_path, checkpoint)
     group = group_dir.name
     if not group_dir.is_dir():
         raise InputError(group_dir, "group folder not found")
-    black = TilingConfig().black_value
-    paths, black_values, reference = {}, {}, None
+    policy = checkpoint.get(POLICY_KEY)
+    paths, dtypes, reference = {}, {}, None
     for role in roles:
         path = group_dir / "grid" / f"{role}.tif"
         if not path.exists():
@@ -145,6 +149,8 @@ def check_inputs(group_dir: Path, checkpoint_path: Path, checkpoint: dict) -> Gr
         elif grid != reference:
             raise GroupError(group, f"{path.name} is not on the grid of {roles[0]}.tif (CRS, transform or size differ)")
         paths[role] = path
-        black_values[role] = black if is_integer(dtype) else None
+        dtypes[role] = dtype
+    if policy is None:
+        policy = {role: default_rule(dtype) for role, dtype in dtypes.items()}
     crs, transform, height, width = reference
-    return GroupInputs(group, paths, black_values, crs, transform, height, width)
+    return GroupInputs(group, paths, black_values(policy, roles, checkpoint_path), crs, transform, height, width)

@@ -1,14 +1,16 @@
 """A torch Dataset over the tile index written by `prepare` (or a LEVIR-CD / open-cd folder).
 
 The split comes from the index, never from a shuffle here. Tiles are GeoTIFFs read with their
-valid masks: a pixel invalid in any image becomes label 255 (ignored), so nodata never counts as
-"no change". Semantic change data adds per-date class tiles (roles ``semantic_t1``,
+valid masks under the validity policy prepare applied (:func:`validity_policy`; nodata, NaN and
+GOLD's black rule, as detection reads them): a pixel invalid in any image becomes label 255
+(ignored), so nodata never counts as "no change". Semantic change data adds per-date class tiles (roles ``semantic_t1``,
 ``semantic_t2``); without a change label the change target is the class transition. Text-guided
 models get the prompt embedding of each tile (``text`` [L, D], ``text_mask`` [L]).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from torch.utils.data import Dataset
 
 from pipeline.errors import InputError
 from pipeline.io.raster import NODATA_U8, open_raster, read_window
+from pipeline.io.validity import POLICY_KEY, black_values, default_rule
 from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry
 from pipeline.learn.normalization import BandStats, Modality, fit_stats, normalize
 
@@ -79,11 +82,72 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read(path: Path, black_value: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(path) as dataset:
-            return read_window(dataset)
+            return read_window(dataset, black_value=black_value)
+
+
+def _default_policy(index: pd.DataFrame, roles: Sequence[str]) -> dict[str, dict]:
+    """The default rule of each role, from the data type and nodata of its first tile."""
+    policy = {}
+    for role in roles:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with open_raster(Path(index[role].iloc[0])) as dataset:
+                policy[role] = default_rule(dataset.dtypes[0], dataset.nodata)
+    return policy
+
+
+def _recorded_policy(path: Path, roles: Sequence[str]) -> dict[str, dict] | None:
+    """The validity policy a group manifest records for ``roles``; None when it records none."""
+    if not path.exists():
+        return None
+    try:
+        policy = json.loads(path.read_text()).get(POLICY_KEY)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable group manifest ({exc})") from None
+    if policy is None:
+        return None
+    black_values(policy, list(roles), path)  # every role has a rule
+    return {role: policy[role] for role in roles}
+
+
+def validity_policy(root: Path, index: pd.DataFrame, roles: Sequence[str]) -> dict[str, dict]:
+    """The validity policy of the image roles a model reads, as prepare applied it to their tiles.
+
+    Each group of a prepare output records its rule in ``groups/{group}/manifest.json``; training
+    stores one policy, so the groups must agree. A group whose manifest predates the policy (or is
+    missing), and a LEVIR-style folder, get :func:`~pipeline.io.validity.default_rule` from the data
+    type of each role's first tile: prepare's default black value for integer imagery, the rule
+    detection applies to a checkpoint without a policy.
+
+    Args:
+        root: the ``data`` folder of :func:`load_index`.
+        index: the tile index from :func:`load_index`.
+        roles: the image roles read, e.g. ``("A", "B")``.
+
+    Returns:
+        role → ``{"black_value": float or None, "nodata": float or None}`` (see :mod:`pipeline.io.validity`).
+
+    Raises:
+        InputError: a manifest is unreadable or has no rule for one of ``roles``, or the groups were
+            prepared with different rules (the message names two of them).
+    """
+    from pipeline.prepare.group_build import MANIFEST  # prepare's modules only for a prepare output
+
+    default = _default_policy(index, roles)
+    groups = sorted(index["group"].dropna().unique()) if "group" in index.columns else []
+    policies = {group: _recorded_policy(root / "groups" / group / MANIFEST, roles) or default for group in groups}
+    first = next(iter(policies), None)
+    for group, policy in policies.items():
+        if policy != policies[first]:
+            raise InputError(
+                root, f"its groups were prepared with different validity rules ({first}: {policies[first]}; "
+                f"{group}: {policy}); prepare them with one tiling.black_value (a rerun records the rule)",
+            )
+    return default if first is None else policies[first]
 
 
 def check_index(
@@ -210,7 +274,8 @@ def tile_size(index: pd.DataFrame, role: str) -> int:
 
 
 def fit_normalization(
-    index: pd.DataFrame, modalities: dict[str, Modality], *, max_tiles: int = 64, pixels: int = 8192, seed: int = 0
+    index: pd.DataFrame, modalities: dict[str, Modality], *, max_tiles: int = 64, pixels: int = 8192, seed: int = 0,
+    validity: dict[str, dict] | None = None,
 ) -> dict[str, BandStats]:
     """Per-role statistics from valid pixels of (up to ``max_tiles``) training tiles.
 
@@ -220,6 +285,8 @@ def fit_normalization(
         max_tiles: the most training tiles read, drawn at random.
         pixels: the most valid pixels sampled per tile and role.
         seed: seed of the tile and pixel draws.
+        validity: the validity policy (:func:`validity_policy`) with a rule per role of ``modalities``;
+            None applies the tiles' masks only, no black rule.
 
     Returns:
         The BandStats per role (see :func:`pipeline.learn.normalization.fit_stats`).
@@ -236,8 +303,9 @@ def fit_normalization(
     stats = {}
     for role, modality in modalities.items():
         samples = []
+        black_value = None if validity is None else validity[role]["black_value"]
         for path in chosen[role]:
-            data, valid = _read(Path(path))
+            data, valid = _read(Path(path), black_value)
             values = data[:, valid]
             if values.shape[1]:
                 samples.append(values[:, rng.permutation(values.shape[1])[:pixels]])
@@ -258,12 +326,15 @@ def _classes(path: Path, valid: np.ndarray) -> np.ndarray:
 class TileDataset(Dataset):
     """Samples {role: float32 (C, H, W), "label": int64 (H, W)} of one split.
 
-    A pixel invalid in any image gets label 255 (ignored).
+    A pixel invalid in any image gets label 255 (ignored); each image is zeroed on its own invalid
+    pixels after normalisation, as detection reads it (:func:`~pipeline.learn.normalization.normalize`).
 
     Args:
         index: the tile index from :func:`load_index`.
         split: ``"train"``, ``"val"`` or ``"test"``.
         stats: normalisation statistics per image role; its keys are the roles read.
+        validity: the validity policy (:func:`validity_policy`) with a rule per role of ``stats``;
+            None applies the tiles' masks only, no black rule.
         augment: augmentation settings, or None for none (validation, test).
         seed: seed of the augmentation draws.
         semantic: also "semantic_t1" / "semantic_t2" int64 (H, W) class targets (255 = ignore).
@@ -280,9 +351,11 @@ class TileDataset(Dataset):
         seed: int = 0,
         semantic: bool = False,
         prompts: Any | None = None,
+        validity: dict[str, dict] | None = None,
     ) -> None:
         self.rows = index[index.split == split].reset_index(drop=True)
         self.stats = stats
+        self.black_values = {role: None if validity is None else validity[role]["black_value"] for role in stats}
         self.augment = augment
         self.seed = seed
         self.semantic = semantic
@@ -303,8 +376,8 @@ class TileDataset(Dataset):
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         row = self.rows.iloc[item]
         images, valid_all = {}, None
-        for role, stats in self.stats.items():
-            data, valid = _read(Path(row[role]))
+        for role in self.stats:
+            data, valid = _read(Path(row[role]), self.black_values[role])
             images[role] = (data, valid)
             valid_all = valid if valid_all is None else valid_all & valid
         targets = {role: _classes(Path(row[role]), valid_all) for role in SEMANTIC_ROLES} if self.semantic else {}

@@ -35,6 +35,7 @@ from models.registry import model_class
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.atomic import write_atomic
+from pipeline.io.validity import POLICY_KEY
 from pipeline.learn.augment import AugmentSettings
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learn.dataset import (
@@ -45,6 +46,7 @@ from pipeline.learn.dataset import (
     split_change_counts,
     split_has_change,
     tile_size,
+    validity_policy,
 )
 from pipeline.learn.device import resolve_device
 from pipeline.learn.metrics import as_floats, change_metrics
@@ -419,6 +421,7 @@ class _Run:
     val_set: TileDataset
     test_set: TileDataset
     tile_size: int  # the side of the training samples (detection's default window)
+    validity: dict[str, dict]  # the validity rule applied per image role (see pipeline.io.validity)
     start_epoch: int = 0
     best_iou: float = -math.inf
 
@@ -447,6 +450,7 @@ class _Run:
             "inputs": list(config.inputs),
             "semantic_classes": self.classes,
             "tile_size": self.tile_size,
+            POLICY_KEY: self.validity,  # detection applies the same rule
             "config": config.model_dump(mode="json"),
         }
 
@@ -505,10 +509,13 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     classes = semantic_classes(config)
     bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
     check_learnable(index, config)
+    # A checkpoint written before the policy resumes under the data's.
+    validity = (checkpoint or {}).get(POLICY_KEY) or validity_policy(config.data, index, roles)
     if checkpoint is not None:
         stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
     else:
-        stats = fit_normalization(index, {role: config.modalities[role] for role in roles}, seed=config.seed)
+        modalities = {role: config.modalities[role] for role in roles}
+        stats = fit_normalization(index, modalities, seed=config.seed, validity=validity)
     channels = channel_options(config, bands)
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config.model, config.model_options, channels).to(device)
@@ -522,7 +529,7 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
         start_epoch, best_iou = _restore(checkpoint, model, loss_fn, optimizer, scheduler)
     wrapped = _wrap(model, ddp, device, unused_text=model.text_conditioned and prompts is None)
     augment = AugmentSettings(crop=config.crop) if config.augment else None
-    extras = {"semantic": bool(classes), "prompts": prompts}
+    extras = {"semantic": bool(classes), "prompts": prompts, "validity": validity}
     train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed, **extras)
     val_set = TileDataset(index, "val", stats, **extras)
     test_set = TileDataset(index, "test", stats, **extras)
@@ -530,7 +537,7 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
         raise InputError(config.data, "the tile index needs train and val tiles")
     return _Run(config, out, ddp, device, teacher, classes, bands, channels, stats, model, wrapped, loss_fn,
                 loss_name, optimizer, scheduler, train_set, val_set, test_set, trained_tile_size(index, config),
-                start_epoch, best_iou)
+                validity, start_epoch, best_iou)
 
 
 def _resume_checkpoint(config: TrainConfig, out: Path) -> dict[str, Any]:

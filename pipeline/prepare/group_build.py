@@ -12,7 +12,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,11 +23,13 @@ from rasterio.crs import CRS
 
 from pipeline.config import PrepareConfig, Role
 from pipeline.errors import GroupError
+from pipeline.io.atomic import write_atomic
 from pipeline.io.paths import contained
 from pipeline.io.raster import bounded_gdal_cache, split_mat_key
+from pipeline.io.validity import POLICY_KEY, image_rule
 from pipeline.prepare.catalog import Scene
 from pipeline.prepare.coregistration import Acceptance, CoregistrationResult, acceptance, coregister
-from pipeline.prepare.grid import GroupGrid, reference_grid, warped, write_cog
+from pipeline.prepare.grid import GroupGrid, grid_nodata, reference_grid, warped, write_cog
 from pipeline.prepare.labels import LabelSummary, inspect_label
 from pipeline.prepare.overlap import Group
 from pipeline.prepare.tiling import TileRecord, cut_tiles, tile_windows
@@ -121,6 +123,9 @@ def process_group(
     fingerprint = group_fingerprint(group, config)
     manifest = _finished_manifest(final, fingerprint)
     if manifest is not None:
+        if POLICY_KEY not in manifest:  # written before the policy: record the rule its tiles were cut with
+            manifest[POLICY_KEY] = _validity(group, config, manifest["members"])
+            write_atomic(final / MANIFEST, json.dumps(manifest, indent=1))
         return GroupOutcome.from_manifest(group.name, "skipped", manifest)
     work = contained(out_dir / "groups", f".{group.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
@@ -180,6 +185,7 @@ def _build_group(
         "tiles": [asdict(t) for t in tiles],
         "dropped_black": dropped,
         "labels": {role.value: summary.as_json() for role, summary in labels.items()},
+        POLICY_KEY: _validity(group, config, {role.value for role in paths}),
     }
     (work / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -254,6 +260,14 @@ def _cut_group_tiles(
 
 def _black_value(scene: Scene, config: PrepareConfig) -> float | None:
     return config.tiling.black_value if scene.black_value_applies else None
+
+
+def _validity(group: Group, config: PrepareConfig, kept: Iterable[str]) -> dict[str, dict]:
+    """The validity rule of each kept image (not labels): what training and detection apply to it."""
+    return {
+        role.value: image_rule(scene.dtype, grid_nodata(scene), config.tiling.black_value)
+        for role, scene in group.members.items() if role.value in kept and not role.is_label
+    }
 
 
 def _coregistration_record(
