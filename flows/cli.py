@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
-from pipeline.errors import ChangeflowError
+from pipeline.errors import ChangeflowError, InputError
 
 # No telemetry from the embedded Prefect server: machines may have no network.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -39,6 +39,27 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(code=2) from None
 
 
+def output_folder(out: Path) -> Path:
+    """``out`` when it is a folder or can be made one; checked before a command writes anything.
+
+    Args:
+        out: the ``--out`` of a command.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        InputError: ``out``, or a path above it, exists and is not a folder (naming it).
+    """
+    # The nearest existing path decides; a dangling link counts as existing (mkdir would fail on it).
+    nearest = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
+    if nearest is not None and not nearest.is_dir():
+        if nearest == out:
+            raise InputError(out, "is not a folder; --out must name a folder")
+        raise InputError(nearest, f"is not a folder, so --out {out} cannot be created")
+    return out
+
+
 @app.callback()
 def main() -> None:
     """Run a pipeline stage from a YAML config."""
@@ -54,6 +75,7 @@ def prepare(
 ) -> None:
     """Catalog, group, co-register and tile scenes into a leakage-free train/val/test split."""
     with user_errors():
+        output_folder(out)
         load_config(config, PrepareConfig)
         from flows.prepare import run_prepare
 
@@ -113,6 +135,8 @@ def train_command(
     from flows.progress import progress_bar
     from pipeline.learn.train import distributed_from_env, train
 
+    with user_errors():
+        output_folder(out)
     try:
         settings = load_config(config, TrainConfig)
         if device is not None:
@@ -142,6 +166,7 @@ def detect(
 ) -> None:
     """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports."""
     with user_errors():
+        output_folder(out)
         load_config(config, DetectConfig)
         from flows.detect import detect_flow
 
@@ -156,6 +181,7 @@ def run(
 ) -> None:
     """Prepare, train, detect and evaluate from one config (the end-to-end job)."""
     with user_errors():
+        output_folder(out)
         settings = load_config(config, RunConfig)
         settings.train_config(out / "prepared")
         settings.detect_config(out / "prepared", out / "model" / "best.pt")

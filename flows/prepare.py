@@ -24,6 +24,7 @@ from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
 from pipeline.prepare.labels import describe_label, refused_label_groups
 from pipeline.prepare.overlap import Group, build_groups
+from pipeline.prepare.publish import release
 from pipeline.prepare.tile_index import write_index
 
 
@@ -43,6 +44,10 @@ def prepare_group_task(
 @flow(name="prepare", log_prints=True)
 def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     """Prepare tiles from a config (scene list or inbox) into ``out_dir``.
+
+    Tiles, ``catalog.gpkg``, the effective ``config.yaml`` and the reports are published together, in
+    one switch, once all are written (:mod:`pipeline.prepare.publish`): a run that fails or is killed
+    leaves those of the last complete run as they were.
 
     Args:
         config_path: the prepare YAML.
@@ -69,7 +74,6 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
         raise ChangeflowError(f"no scene group was formed ({_reasons({**_refused(failures), **unpaired})})")
     plan = block_plan(groups, crs, config)
     config = config.model_copy(update={"split": config.split.model_copy(update={"block_tiles": plan.used})})
-    (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
     refused_labels = refused_label_groups(failures)
     futures = [prepare_group_task.submit(group, crs, config, out, refused_labels.get(group.name)) for group in groups]
@@ -83,29 +87,31 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     outcomes.sort(key=lambda o: o.name)
     done = [o for o in outcomes if o.status != "failed"]
     coregistration = [r for o in outcomes for r in o.coregistration]
-    (out / "coregistration.json").write_text(json.dumps(
-        [{k: v for k, v in r.items() if k != "points"} for r in coregistration], indent=1))
     if not done:
         raise ChangeflowError(f"no group was prepared ({_reasons({o.name: o.error for o in outcomes})})")
-    splits, dropped, grid_crs = assemble(done, groups, crs, config, out)
-    write_index(out / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
-    notes = [n for n in (plan.note, stride_note(config)) if n]
-    report = {
-        "scenes": len(scenes),
-        "scenes_refused": _refused(failures),
-        "scenes_not_grouped": unpaired,
-        "groups": {o.name: o.status for o in outcomes},
-        "groups_failed": {o.name: o.error for o in outcomes if o.status == "failed"},
-        "labels": {o.name: o.labels for o in outcomes if o.labels},
-        "images_refused": {r["image"]: r["reason"] for r in coregistration if not r["accepted"]},
-        "images_uncorrected": {r["image"]: r["reason"] for r in coregistration if r["accepted"] and not r["corrected"]},
-        "tiles_dropped": {"black": sum(o.dropped_black for o in done), **dropped},
-        "split_blocks": {"block_tiles": plan.requested, "block_tiles_used": plan.used, "blocks": plan.blocks,
-                         "blocks_needed": plan.needed},
-        "splits": split_summary(assigned_tiles(outcomes, splits), splits, config.split.ratios),
-        "notes": notes,
-    }
-    (out / "prepare_report.json").write_text(json.dumps(report, indent=1))
+    with release(out) as staged:
+        splits, dropped, grid_crs = assemble(done, groups, crs, config, out, staged / "tiles")
+        write_index(staged / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
+        report = {
+            "scenes": len(scenes),
+            "scenes_refused": _refused(failures),
+            "scenes_not_grouped": unpaired,
+            "groups": {o.name: o.status for o in outcomes},
+            "groups_failed": {o.name: o.error for o in outcomes if o.status == "failed"},
+            "labels": {o.name: o.labels for o in outcomes if o.labels},
+            "images_refused": {r["image"]: r["reason"] for r in coregistration if not r["accepted"]},
+            "images_uncorrected": {r["image"]: r["reason"] for r in coregistration if r["accepted"] and not r["corrected"]},
+            "tiles_dropped": {"black": sum(o.dropped_black for o in done), **dropped},
+            "split_blocks": {"block_tiles": plan.requested, "block_tiles_used": plan.used, "blocks": plan.blocks,
+                             "blocks_needed": plan.needed},
+            "splits": split_summary(assigned_tiles(outcomes, splits), splits, config.split.ratios),
+            "notes": [n for n in (plan.note, stride_note(config)) if n],
+        }
+        # Written into the release: published with the tiles they describe, never before.
+        (staged / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        (staged / "coregistration.json").write_text(json.dumps(
+            [{k: v for k, v in r.items() if k != "points"} for r in coregistration], indent=1))
+        (staged / "prepare_report.json").write_text(json.dumps(report, indent=1))
     return report
 
 

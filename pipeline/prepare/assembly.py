@@ -1,7 +1,8 @@
 """Assembly of the built groups into one training set.
 
 Tiles that cover the same ground in several groups are de-duplicated, the rest are split by spatial
-blocks and hard-linked from the group folders into ``OUT/tiles/{split}/{role}``; the GeoPackage
+blocks and hard-linked from the group folders into the tile folder of a new release,
+``tiles/{split}/{role}`` (published as ``OUT/tiles`` by :mod:`pipeline.prepare.publish`); the GeoPackage
 index gets the scenes, groups, tie points and tiles. Positions compare only within one space: the run's
 CRS when it is georeferenced; in pixel space each group is its own space, shared only by groups with
 an image file in common (every pixel-space image has the identity transform, so unrelated images would
@@ -31,12 +32,12 @@ from pipeline.prepare.tiling import TileRecord, find_duplicates
 
 
 def assemble(
-    outcomes: list[GroupOutcome], groups: list[Group], crs: CRS | None, config: PrepareConfig, out_dir: Path
+    outcomes: list[GroupOutcome], groups: list[Group], crs: CRS | None, config: PrepareConfig, out_dir: Path,
+    tiles_dir: Path,
 ) -> tuple[dict[str, str], dict[str, int], dict[str, CRS | None]]:
-    """De-duplicate across groups, split by blocks, and link the tiles into ``OUT/tiles/{split}``.
+    """De-duplicate across groups, split by blocks, and link the tiles into ``tiles_dir/{split}/{role}``.
 
-    The tile folders are staged and swapped in whole, replacing those of an earlier run. Duplicates
-    and split isolation are looked for only among groups of one space (see :func:`spaces`).
+    Duplicates and split isolation are looked for only among groups of one space (see :func:`spaces`).
 
     Args:
         outcomes: the groups that were prepared or skipped (not failed).
@@ -44,6 +45,7 @@ def assemble(
         crs: the run's common CRS (None for pixel-space runs).
         config: the prepare config (de-duplication overlap, split ratios and seed).
         out_dir: the prepare output folder ``OUT``, holding ``groups/``.
+        tiles_dir: a new tile folder, in the staged release (see :func:`pipeline.prepare.publish.release`).
 
     Returns:
         Tile id → split, counts of dropped tiles by reason, group → grid CRS.
@@ -67,7 +69,7 @@ def assemble(
         conflicts.update(isolation_conflicts([(t.tile_id, splits[t.tile_id], footprint[t.tile_id]) for t in same_space]))
     for tile_id in conflicts:
         del splits[tile_id]
-    _link_tiles(records, splits, out_dir)
+    _link_tiles(records, splits, out_dir, tiles_dir)
     return splits, {"duplicate": len(duplicates), "split_isolation": len(conflicts)}, grid_crs
 
 
@@ -140,10 +142,8 @@ def _block_stats(records: list[TileRecord]) -> dict[tuple[str, int, int], BlockS
     return blocks
 
 
-def _link_tiles(records: list[TileRecord], splits: dict[str, str], out_dir: Path) -> None:
-    """Link the split tiles into a staging folder, then swap it in as ``OUT/tiles``."""
-    staging = out_dir / "tiles.partial"
-    shutil.rmtree(staging, ignore_errors=True)
+def _link_tiles(records: list[TileRecord], splits: dict[str, str], out_dir: Path, tiles_dir: Path) -> None:
+    """Link the split tiles of the groups in ``out_dir/groups`` into ``tiles_dir/{split}/{role}``."""
     # Group names and tile ids come from user-given names: refuse any that would leave these folders
     # (checked once per group and per tile: a check resolves the folders above, ~0.1 ms).
     sources = {group: contained(out_dir / "groups", group) / "tiles" for group in {t.group for t in records}}
@@ -152,17 +152,10 @@ def _link_tiles(records: list[TileRecord], splits: dict[str, str], out_dir: Path
             continue
         tile_file = contained(sources[t.group], f"{t.tile_id}.tif").name
         for role_dir in sorted(sources[t.group].iterdir()):
-            target = staging / splits[t.tile_id] / role_dir.name / tile_file
+            target = tiles_dir / splits[t.tile_id] / role_dir.name / tile_file
             target.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(role_dir / tile_file, target)
-    final = out_dir / "tiles"
-    old = out_dir / "tiles.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    staging.mkdir(exist_ok=True)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
+    tiles_dir.mkdir(parents=True, exist_ok=True)  # even with no tile: the release publishes the folder
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

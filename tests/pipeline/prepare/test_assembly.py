@@ -47,7 +47,7 @@ def test_duplicates_are_dropped_and_the_rest_is_linked_into_split_folders(tmp_pa
     g1 = _outcome(tmp_path, "g1", [_tile("g1", x) for x in range(6)])
     g2 = _outcome(tmp_path, "g2", [_tile("g2", 0)])  # the same ground as g1_x0
     config = PrepareConfig(scenes=[{"path": "a.tif", "role": "A"}])
-    splits, dropped, grid_crs = assemble([g2, g1], [_group("g1"), _group("g2")], UTM, config, tmp_path)
+    splits, dropped, grid_crs = assemble([g2, g1], [_group("g1"), _group("g2")], UTM, config, tmp_path, tmp_path / "tiles")
     assert dropped == {"duplicate": 1, "split_isolation": 0}
     assert set(splits) == {f"g1_x{x}" for x in range(6)}  # the first group by name wins
     assert grid_crs == {"g1": UTM, "g2": UTM}
@@ -56,9 +56,9 @@ def test_duplicates_are_dropped_and_the_rest_is_linked_into_split_folders(tmp_pa
             linked = tmp_path / "tiles" / split / role / f"{tile_id}.tif"
             source = tmp_path / "groups" / "g1" / "tiles" / role / f"{tile_id}.tif"
             assert os.path.samefile(linked, source)
-    again, _, _ = assemble([g1, g2], [_group("g1"), _group("g2")], UTM, config, tmp_path)
+    again, _, _ = assemble([g1, g2], [_group("g1"), _group("g2")], UTM, config, tmp_path, tmp_path / "again")
     assert again == splits
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["groups", "tiles"]  # nothing staged left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "groups", "tiles"]  # only the tile folders asked for
 
 
 def test_split_summary_and_assigned_tiles(tmp_path):
@@ -85,7 +85,7 @@ def test_pixel_space_groups_of_different_files_are_never_duplicates(tmp_path):
         outcomes.append(_outcome(tmp_path, name, [_tile(name, x) for x in range(2)], crs=None))
         groups.append(_group(name, a, c))
     config = PrepareConfig(scenes=[{"path": "a.tif", "role": "A"}], split={"block_tiles": 1})
-    splits, dropped, grid_crs = assemble(outcomes, groups, None, config, tmp_path)
+    splits, dropped, grid_crs = assemble(outcomes, groups, None, config, tmp_path, tmp_path / "tiles")
     assert dropped == {"duplicate": 4, "split_isolation": 0}
     assert set(splits) == {f"{n}_x{x}" for n in names for x in range(2)}
     assert set(grid_crs.values()) == {None}
