@@ -11,15 +11,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pipeline.detect.inputs import group_manifest
 from pipeline.detect.labelfree.cva import CVA
 from pipeline.detect.labelfree.driver import ScoreMethod, detect_labelfree
+from pipeline.detect.labelfree.irmad import IRMAD
+from pipeline.detect.labelfree.npsg import NPSG
+from pipeline.detect.labelfree.ratio import SarRatio
 from pipeline.detect.labelfree.scene import PairScene, open_pair
 from pipeline.errors import GroupError
 
-METHODS: dict[str, type] = {"cva": CVA}
+METHODS: dict[str, Callable[[], ScoreMethod]] = {
+    "cva": CVA, "irmad": IRMAD, "log_ratio": partial(SarRatio, "log_ratio"),
+    "mean_ratio": partial(SarRatio, "mean_ratio"), "npsg": NPSG,
+}
 OPTICAL_SENSORS = frozenset({"gf2", "s2"})
 SAR_SENSORS = frozenset({"gf3"})
 

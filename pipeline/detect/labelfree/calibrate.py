@@ -10,6 +10,11 @@ criterion assumes — two classes of equal variance σ_w² (the pooled within-cl
 threshold so that probability > 0.5 is exactly "score above the threshold":
 
     p(s) = 1 / (1 + exp(−(μ1 − μ0) (s − t) / σ_w²))
+
+Otsu's criterion presumes two classes: on a scene without change it would cut the no-change mode in
+two and call a third of it change. So t is at least a false-alarm bound of the no-change mode,
+median + 3 · 1.4826 · MAD of the score (the robust Gaussian 3σ; change is taken to be a minority of
+the scene), and Otsu's own threshold is kept for provenance (``otsu``).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ class Calibration:
         slope: (μ1 − μ0) / σ_w², per unit of score.
         change_mean: μ1, the mean score above t.
         unchanged_mean: μ0, the mean score at or below t.
+        otsu: Otsu's threshold itself (``threshold`` is the larger of it and the no-change bound).
     """
 
     threshold: float
     slope: float
     change_mean: float
     unchanged_mean: float
+    otsu: float
 
     def probability(self, score: np.ndarray) -> np.ndarray:
         """The change probability of scores (NaN stays NaN).
@@ -83,7 +90,7 @@ class ScoreHistogram:
         """
         centers = (self.edges[:-1] + self.edges[1:]) / 2
         if self.range[0] == self.range[1] or np.count_nonzero(self.counts) < 2:
-            return Calibration(self.range[0], 0.0, self.range[0], self.range[0])
+            return Calibration(self.range[0], 0.0, self.range[0], self.range[0], self.range[0])
         t = float(threshold_otsu(hist=(self.counts, centers)))
         above = centers > t
         n0, n1 = self.counts[~above].sum(), self.counts[above].sum()
@@ -94,4 +101,22 @@ class ScoreHistogram:
         # Floor the variance at a bin width²: two spikes would otherwise give an infinite slope.
         bin_width = self.edges[1] - self.edges[0]
         slope = (mu1 - mu0) / max(float(within), bin_width**2)
-        return Calibration(t, slope, mu1, mu0)
+        return Calibration(max(t, self.no_change_bound(centers)), slope, mu1, mu0, t)
+
+    def no_change_bound(self, centers: np.ndarray, k: float = 3.0) -> float:
+        """median + k · 1.4826 · MAD of the counted scores (at bin resolution).
+
+        Args:
+            centers: the bin centres.
+            k: robust standard deviations above the median.
+
+        Returns:
+            The bound.
+        """
+        def weighted_median(values: np.ndarray) -> float:
+            order = np.argsort(values, kind="stable")
+            cumulative = np.cumsum(self.counts[order])
+            return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+        median = weighted_median(centers)
+        return median + k * 1.4826 * weighted_median(np.abs(centers - median))

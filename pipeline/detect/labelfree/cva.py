@@ -78,6 +78,7 @@ class CVA:
     kind = "optical"
     halo = 0
     max_block = 4096
+    block_multiple = 1
 
     def __init__(self) -> None:
         self.stats: list[tuple[np.ndarray, np.ndarray]] = []

@@ -39,8 +39,10 @@ class ScoreMethod(Protocol):
     """What the driver needs of a method: its name, halo and block cap, a fit and a score."""
 
     name: str
+    kind: str  # "optical", "sar" or "heterogeneous": which grid rasters it compares
     halo: int  # pixels of context a scored pixel depends on, each side
     max_block: int  # largest block side the method's memory allows
+    block_multiple: int  # block sides are a multiple of this (keeps a method's pixel lattice aligned)
 
     def fit(self, scene: PairScene) -> None:
         """Scene-wide statistics, from passes over the scene's blocks."""
@@ -81,7 +83,7 @@ def calibrate_scores(staged: list[Path]) -> Calibration:
         if np.isfinite(score).any():
             low, high = min(low, float(np.nanmin(score))), max(high, float(np.nanmax(score)))
     if not np.isfinite(low):
-        return Calibration(0.0, 0.0, 0.0, 0.0)
+        return Calibration(0.0, 0.0, 0.0, 0.0, 0.0)
     histogram = ScoreHistogram(low, high)
     for path in staged:
         histogram.add(np.load(path))
@@ -146,6 +148,7 @@ def detect_labelfree(
     """
     started = time.perf_counter()
     size = min(block_size, method.max_block)
+    size -= size % method.block_multiple
     layout = plan(*scene.shape, size, 0.0, size)  # windows = blocks: the layout write_rasters reads
     blocks = layout.blocks()
     settings = {"method": method.name, "block_size": size, "probability_dtype": probability_dtype,
@@ -172,7 +175,8 @@ def detect_labelfree(
         staging.finish_block(block_id(i, j), encode_block(np.load(path), calibration, probability_dtype, threshold))
         if progress is not None:
             progress(f"{method.name} {scene.inputs.group}", len(blocks) + k + 1, 2 * len(blocks))
-    tags.update(RUN_ID=run_id, SCORE_THRESHOLD=repr(calibration.threshold), SCORE_SLOPE=repr(calibration.slope))
+    tags.update(RUN_ID=run_id, SCORE_THRESHOLD=repr(calibration.threshold), SCORE_SLOPE=repr(calibration.slope),
+                SCORE_OTSU=repr(calibration.otsu))
     write_rasters(paths, staging, layout, scene.inputs, tags, (probability_dtype, threshold), 0)
     shutil.rmtree(staging.root, ignore_errors=True)
     return DetectionResult(paths.probability, paths.classes, 2 * len(blocks), 2 * len(blocks),
