@@ -29,3 +29,17 @@ class GroupError(ChangeflowError):
         self.group = group
         self.problem = problem
         super().__init__(f"group '{group}': {problem}")
+
+
+class OutputError(ChangeflowError):
+    """An output cannot be written: the disk is full, or its folder is read-only or not writable.
+
+    Args:
+        path: the file (or folder) that could not be written.
+        problem: what stops the write, e.g. ``"no space left on device"``.
+    """
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"cannot write {path}: {problem}")

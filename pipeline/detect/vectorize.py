@@ -518,6 +518,10 @@ def write_layer(frame: gpd.GeoDataFrame, out_gpkg: Path, layer: str) -> None:
         frame: the polygons and their columns.
         out_gpkg: the GeoPackage (created if missing).
         layer: the layer to write or replace.
+
+    Raises:
+        OutputError: naming ``out_gpkg``, when the disk is full or the folder is read-only or not
+            writable (the file is kept as it was).
     """
     out_gpkg = Path(out_gpkg)
     with atomic_path(out_gpkg) as partial:

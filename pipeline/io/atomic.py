@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.io.write_errors import output_errors
+
 
 @contextmanager
 def atomic_path(destination: Path | str) -> Iterator[Path]:
@@ -25,16 +27,22 @@ def atomic_path(destination: Path | str) -> Iterator[Path]:
 
     Yields:
         The temporary path to write to.
+
+    Raises:
+        OutputError: naming ``destination``, when the disk is full or the folder is read-only or not
+            writable (:mod:`pipeline.io.write_errors`).
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(f".{destination.stem}.{os.getpid()}.partial{destination.suffix}")
     try:
-        yield partial
-        os.replace(partial, destination)
+        with output_errors(destination):  # judged while the partial file still takes its space
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            yield partial
+            os.replace(partial, destination)
     finally:
         for leftover in (partial, partial.with_name(partial.name + ".aux.xml")):
-            leftover.unlink(missing_ok=True)
+            if leftover.exists():  # on a read-only folder even unlinking a missing file fails (EROFS)
+                leftover.unlink()
 
 
 def write_atomic(destination: Path | str, content: str | bytes) -> Path:

@@ -21,6 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from pipeline.io.atomic import atomic_path
+from pipeline.io.write_errors import output_errors
 
 COG_BLOCK = 512
 
@@ -63,8 +64,11 @@ def write_cog_from_blocks(
 
     Returns:
         ``destination``.
+
+    Raises:
+        OutputError: naming ``staging`` or ``destination``, when the disk is full or a folder is
+            read-only or not writable; ``destination`` is then left as it was.
     """
-    staging.parent.mkdir(parents=True, exist_ok=True)
     gtiff = {
         **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
         "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
@@ -74,11 +78,13 @@ def write_cog_from_blocks(
     try:
         with warnings.catch_warnings(), atomic_path(destination) as partial:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(staging, "w", **gtiff) as dst:
-                for window, array in blocks:
-                    dst.write(array, window=window)
-                if tags:
-                    dst.update_tags(**tags)
+            with output_errors(staging):
+                staging.parent.mkdir(parents=True, exist_ok=True)
+                with rasterio.open(staging, "w", **gtiff) as dst:
+                    for window, array in blocks:
+                        dst.write(array, window=window)
+                    if tags:
+                        dst.update_tags(**tags)
             rasterio.shutil.copy(
                 staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
                 blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
@@ -86,5 +92,6 @@ def write_cog_from_blocks(
                 num_threads="ALL_CPUS", bigtiff="if_safer",
             )
     finally:
-        staging.unlink(missing_ok=True)  # the staging GTiff goes too when a block or the copy fails
+        if staging.exists():  # it goes too when a block or the copy fails; on a read-only folder there is none
+            staging.unlink()
     return destination

@@ -28,6 +28,10 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
 
     Returns:
         ``path``.
+
+    Raises:
+        OutputError: naming ``path``, when the disk is full or the folder is read-only or not writable
+            (the previous checkpoint is kept as it was).
     """
     with atomic_path(path) as partial:
         torch.save(payload, partial)
