@@ -520,9 +520,11 @@ def acceptance(result: CoregistrationResult, config: CoregistrationConfig) -> Ac
 
     A correction is applied only if it beats no correction: when the gated tie points lie as close to
     the identity as to the fitted model (median distance), the image is kept uncorrected, as a
-    pre-registered pair whose tie points are noise would be. Otherwise the correction must pass the
-    ``max_rmse_px`` and ``min_reliability`` gates, or the image is refused with a message that says
-    how to turn co-registration off for pre-registered data.
+    pre-registered pair whose tie points are noise would be. When nothing can be measured (no reliable
+    tie point and an unreliable global shift) there is no correction to apply either: the image is kept
+    uncorrected and reported as unverified. Otherwise the correction must pass the ``max_rmse_px`` gate,
+    or the image is refused with a message that says how to turn co-registration off for pre-registered
+    data.
 
     Args:
         result: the measurement of :func:`coregister`.
@@ -539,9 +541,11 @@ def acceptance(result: CoregistrationResult, config: CoregistrationConfig) -> Ac
         ))
     if math.isnan(result.rmse_px):
         if result.reliability < config.min_reliability:
-            return Acceptance(False, False, (
-                f"no reliable tie points and global reliability {result.reliability:.1f}% < "
-                f"{config.min_reliability}%; {REGISTERED_HINT}"
+            # Nothing measured, nothing to correct: a correction must beat none, and none is all there is.
+            return Acceptance(True, False, (
+                f"kept uncorrected, unverified: no reliable tie points and global reliability "
+                f"{result.reliability:.1f}% < {config.min_reliability}% (the displacement cannot be measured; "
+                "check that the pair is co-registered)"
             ))
         return Acceptance(True, True, None)
     if result.rmse_px > config.max_rmse_px:

@@ -398,3 +398,14 @@ def test_coregister_measures_both_residuals_on_a_real_shift(shared_data):
     assert result.residual_px < 0.2
     assert result.identity_residual_px == pytest.approx(2.5, abs=0.2)
     assert acceptance(result, CoregistrationConfig()) == Acceptance(True, True, None)
+
+
+def test_an_unmeasurable_displacement_keeps_the_image_uncorrected_and_says_so():
+    # LEVIR-like pre-registered crops with much change: no tie point passes, the global peak is flat.
+    result = _noisy_translation((0.0, 0.0), rmse=float("nan"))
+    result = CoregistrationResult(**{**result.__dict__, "reliability": 0.0, "residual_px": float("nan"),
+                                     "identity_residual_px": float("nan")})
+    verdict = acceptance(result, CoregistrationConfig())
+    assert (verdict.accepted, verdict.corrected) == (True, False)
+    assert verdict.reason.startswith("kept uncorrected, unverified: no reliable tie points")
+    assert "0.0% < 30.0%" in verdict.reason

@@ -58,7 +58,7 @@ def test_the_fingerprint_follows_inputs_and_tile_settings(scene_list, tmp_path):
 
 def test_a_group_with_every_image_refused_fails_and_leaves_nothing(scene_list, tmp_path):
     group, crs, config = _group(
-        scene_list, tmp_path, coregistration={"max_rmse_px": 1e-9, "min_reliability": 100}
+        scene_list, tmp_path, coregistration={"max_rmse_px": 1e-9}
     )
     with pytest.raises(GroupError, match="no image left after co-registration"):
         process_group(group, crs, config, tmp_path / "out")
