@@ -1,7 +1,7 @@
 """The two images a label-free method compares: a prepared group's grid rasters, read block by block with a halo.
 
 Pixels come as float64 with NaN wherever a pixel is nodata (GDAL mask, non-finite, GOLD's black
-rule for integer imagery) or outside the scene, so a method that looks at neighbours sees the scene
+rule of the group manifest's validity policy) or outside the scene, so a method that looks at neighbours sees the scene
 edge as it sees nodata, and a block read with a halo gives the same result as the whole scene.
 """
 
@@ -17,10 +17,10 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from pipeline.config import TilingConfig
 from pipeline.detect.inputs import GroupInputs, group_manifest
 from pipeline.errors import GroupError
-from pipeline.io.raster import is_integer, read_window
+from pipeline.io.raster import read_window
+from pipeline.io.validity import POLICY_KEY, black_values, default_rule
 
 Rect = tuple[int, int, int, int]  # (row0, col0, row1, col1), end-exclusive
 
@@ -94,6 +94,10 @@ def _grid(path: Path) -> tuple[tuple, int, str]:
 def open_pair(group_dir: Path, roles: tuple[str, str], method: str, wanted: str) -> PairScene:
     """The group's grid rasters of two roles, checked to exist and to share a grid.
 
+    Pixels are masked by the validity policy prepare recorded in the group manifest (key
+    ``validity``, :mod:`pipeline.io.validity`): its black value per role; a manifest without one
+    gets :func:`~pipeline.io.validity.default_rule` (black value 5 for integer rasters).
+
     Args:
         group_dir: a prepared group folder (``grid/{role}.tif``, ``manifest.json``).
         roles: (t1 role, t2 role).
@@ -105,6 +109,7 @@ def open_pair(group_dir: Path, roles: tuple[str, str], method: str, wanted: str)
 
     Raises:
         GroupError: a role is missing, or the rasters are on different grids.
+        InputError: the manifest's validity policy has no rule for one of ``roles``.
     """
     paths = {role: group_dir / "grid" / f"{role}.tif" for role in roles}
     missing = [role for role, path in paths.items() if not path.exists()]
@@ -115,9 +120,9 @@ def open_pair(group_dir: Path, roles: tuple[str, str], method: str, wanted: str)
     (first, (grid, _, _)), (second, (other, _, _)) = grids.items()
     if grid != other:
         raise GroupError(group_dir.name, f"{second}.tif is not on the grid of {first}.tif (CRS, transform or size differ)")
-    black = TilingConfig().black_value
-    black_values = {role: black if is_integer(dtype) else None for role, (_, _, dtype) in grids.items()}
-    members = group_manifest(group_dir).get("members", {})
-    sensors = {role: str(members.get(role, {}).get("sensor", "")) for role in roles}
+    manifest = group_manifest(group_dir)
+    policy = manifest.get(POLICY_KEY) or {role: default_rule(dtype) for role, (_, _, dtype) in grids.items()}
+    black = black_values(policy, list(roles), group_dir / "manifest.json")
+    sensors = {role: str(manifest.get("members", {}).get(role, {}).get("sensor", "")) for role in roles}
     crs, transform, height, width = grid
-    return PairScene(GroupInputs(group_dir.name, paths, black_values, crs, transform, height, width), sensors)
+    return PairScene(GroupInputs(group_dir.name, paths, black, crs, transform, height, width), sensors)

@@ -17,7 +17,7 @@ from pipeline.detect.group_run import run_group
 from pipeline.detect.labelfree import detect_labelfree, open_method_pair
 from pipeline.detect.labelfree.calibrate import NBINS, ScoreHistogram
 from pipeline.detect.labelfree.driver import score_block
-from pipeline.errors import ConfigError, GroupError
+from pipeline.errors import ConfigError, GroupError, InputError
 from pipeline.ingest.preflight import check_ingest_config
 from tests.conftest import write_raster
 
@@ -173,6 +173,28 @@ def test_method_needs_its_roles(tmp_path):
     sar = make_group(tmp_path, {"A": t1[:1], "B": t2[:1]}, {"A": "gf2", "B": "gf3"}, name="h")
     with pytest.raises(GroupError, match="A is gf2"):
         open_method_pair(sar, "mean_ratio")
+
+
+def test_reader_applies_the_manifests_validity_rule(tmp_path):
+    """The black value comes from the manifest's validity policy; without one, the default rule (5)."""
+    image = np.full((2, 8, 8), 50, np.uint16)
+    image[:, 0, 0], image[:, 0, 1] = 5, 20  # black under the default rule; black under a recorded 30
+    group = tmp_path / "g"
+    (group / "grid").mkdir(parents=True)
+    for role in ("A", "C"):
+        write_raster(group / "grid" / f"{role}.tif", image, nodata=None)
+    manifest = {"members": {"A": {"sensor": "gf2"}, "C": {"sensor": "gf2"}}}
+    (group / "manifest.json").write_text(json.dumps(manifest))
+    default = open_method_pair(group, "cva")[1].read("A", (0, 0, 1, 2))
+    assert np.isnan(default[:, 0, 0]).all() and (default[:, 0, 1] == 20).all()
+    manifest["validity"] = {role: {"black_value": 30.0, "nodata": None} for role in ("A", "C")}
+    (group / "manifest.json").write_text(json.dumps(manifest))
+    recorded = open_method_pair(group, "cva")[1].read("A", (0, 0, 1, 2))
+    assert np.isnan(recorded).all()
+    manifest["validity"] = {"A": {"black_value": None, "nodata": None}}
+    (group / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="no rule for input C"):
+        open_method_pair(group, "cva")
 
 
 def test_config_takes_exactly_one_of_checkpoint_and_method(tmp_path):
