@@ -183,14 +183,16 @@ def run(
     with user_errors():
         output_folder(out)
         settings = load_config(config, RunConfig)
-        settings.train_config(out / "prepared")
+        if settings.trains:
+            settings.train_config(out / "prepared")
         settings.detect_config(out / "prepared", out / "model" / "best.pt")
         from flows.run import run_flow
 
         report = run_flow(str(config), str(out), True)
     splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["prepare"]["splits"].items())
     console.print(f"[green]tiles[/]: {splits} ({out / 'prepared' / 'catalog.gpkg'})")
-    console.print(f"[green]model[/]: {out / 'model' / 'best.pt'} (test {report['train']['test']})")
+    if "train" in report:  # not trained: a label-free detect.method without a train section
+        console.print(f"[green]model[/]: {out / 'model' / 'best.pt'} (test {report['train']['test']})")
     _print_detections(report["detect"])
 
 

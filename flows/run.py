@@ -11,24 +11,28 @@ from flows.detect import detect_flow
 from flows.prepare import prepare_flow
 from flows.train import train_flow
 from pipeline.config import RunConfig, load_config
+from pipeline.io.write_errors import writable_folder
 
 
 @flow(name="run", log_prints=True)
 def run_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     """Everything for one config; stage configs are written next to their outputs and rerun skips
-    finished prepare groups and finished detection blocks."""
+    finished prepare groups and finished detection blocks. A label-free ``detect.method`` without a
+    ``train`` section skips training (no ``train.yaml``, no ``model`` folder)."""
     config = load_config(Path(config_path), RunConfig)
     out = Path(out_dir).resolve()
     prepared, model_dir, detected = out / "prepared", out / "model", out / "detect"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    stage_files = {
-        "prepare": (out / "prepare.yaml", config.prepare.model_dump(mode="json")),
-        "train": (out / "train.yaml", config.train_config(prepared).model_dump(mode="json")),
-        "detect": (out / "detect.yaml", config.detect_config(prepared, model_dir / "best.pt").model_dump(mode="json")),
-    }
+    writable_folder(out)
+    stage_files = {"prepare": (out / "prepare.yaml", config.prepare.model_dump(mode="json"))}
+    if config.trains:
+        writable_folder(model_dir)
+        stage_files["train"] = (out / "train.yaml", config.train_config(prepared).model_dump(mode="json"))
+    stage_files["detect"] = (out / "detect.yaml",
+                             config.detect_config(prepared, model_dir / "best.pt").model_dump(mode="json"))
     for path, settings in stage_files.values():
         path.write_text(yaml.safe_dump(settings, sort_keys=False))
     report = {"prepare": prepare_flow(str(stage_files["prepare"][0]), str(prepared), progress)}
-    report["train"] = train_flow(str(stage_files["train"][0]), str(model_dir), progress=progress)
+    if config.trains:
+        report["train"] = train_flow(str(stage_files["train"][0]), str(model_dir), progress=progress)
     report["detect"] = detect_flow(str(stage_files["detect"][0]), str(detected), progress)
     return report

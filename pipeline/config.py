@@ -506,7 +506,8 @@ class RunConfig(StrictModel):
     """`changeflow run`: prepare → train → detect → evaluate from one file.
 
     ``train`` and ``detect`` take the keys of TrainConfig and DetectConfig except the paths the
-    run fills in (``data``; ``prepared`` and ``checkpoint``).
+    run fills in (``data``; ``prepared`` and ``checkpoint``). With a label-free ``detect.method`` and
+    no ``train`` section the run does not train.
     """
 
     prepare: PrepareConfig
@@ -514,6 +515,11 @@ class RunConfig(StrictModel):
     detect: dict[str, Any] = Field(default_factory=dict)
     # The configs the free-form sections become: their paths resolve against this file's folder too.
     sections: ClassVar[dict[str, type[StrictModel]]] = {"train": TrainConfig, "detect": DetectConfig}
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run trains a model: not when ``detect.method`` is label-free and there is no ``train``."""
+        return bool(self.train) or not self.detect.get("method")
 
     def train_config(self, prepared: Path) -> TrainConfig:
         """The training config of the run: the ``train`` keys with ``data`` set to the prepared folder.
