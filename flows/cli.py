@@ -149,8 +149,8 @@ def train_command(
             from flows.train import train_flow
 
             result = train_flow(str(config), str(out), resume, device, progress=True)
-    except ChangeflowError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+    except ChangeflowError as exc:  # as user_errors() does: one line, however long
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
     except ValidationError as exc:
         console.print(f"[bold red]error:[/] {config}: {exc}")

@@ -21,7 +21,9 @@ from flows.progress import progress_bar
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect.group_run import prepared_groups, run_group
 from pipeline.errors import ChangeflowError
+from pipeline.io.atomic import write_atomic
 from pipeline.io.paths import contained
+from pipeline.io.write_errors import output_errors, writable_folder
 
 REPORT = "detect_report.json"
 
@@ -56,7 +58,8 @@ def detect_group_task(group_dir: Path, config: DetectConfig, out: Path, show_pro
         The group's summary, or its error.
     """
     try:
-        return detect_one(group_dir, config, out, show_progress)
+        with output_errors(out):  # a full disk or read-only folder fails this group with one line
+            return detect_one(group_dir, config, out, show_progress)
     except (ChangeflowError, ValueError) as exc:
         return {"group": group_dir.name, "error": str(exc)}
 
@@ -80,12 +83,12 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     """
     config = load_config(Path(config_path), DetectConfig)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detect_config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    writable_folder(out)
+    write_atomic(out / "detect_config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     summaries = {}
     for group_dir in prepared_groups(config.prepared, config.groups):
         summary = detect_group_task(group_dir, config, contained(out, group_dir.name), progress)
         summaries[group_dir.name] = summary
         print(f"group {group_dir.name}: " + (summary.get("error") or f"{summary['n_polygons']} polygons"))
-    (out / REPORT).write_text(json.dumps(summaries, indent=1))
+    write_atomic(out / REPORT, json.dumps(summaries, indent=1))
     return summaries

@@ -19,6 +19,7 @@ from rasterio.crs import CRS
 from flows.progress import progress_bar
 from pipeline.config import PrepareConfig, load_config
 from pipeline.errors import ChangeflowError
+from pipeline.io.write_errors import output_errors, writable_folder
 from pipeline.prepare.assembly import assemble, assigned_tiles, block_plan, index_frames, split_summary, stride_note
 from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
@@ -36,7 +37,8 @@ def prepare_group_task(
     if label_refused:
         return GroupOutcome(group.name, "failed", error=label_refused)
     try:
-        return process_group(group, crs, config, out_dir)
+        with output_errors(out_dir / "groups" / group.name):  # a full disk fails this group with one line
+            return process_group(group, crs, config, out_dir)
     except (ChangeflowError, ValueError) as exc:
         return GroupOutcome(group.name, "failed", error=str(exc))
 
@@ -61,8 +63,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
         ChangeflowError: no scene group was formed, or no group was prepared (each reason on the one line).
     """
     config = load_config(Path(config_path))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(Path(out_dir))
 
     scenes, failures = build_catalog(scene_entries(config), config, cache=config.products.cache or out / "cache")
     for entry, reason in failures:
@@ -89,7 +90,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     coregistration = [r for o in outcomes for r in o.coregistration]
     if not done:
         raise ChangeflowError(f"no group was prepared ({_reasons({o.name: o.error for o in outcomes})})")
-    with release(out) as staged:
+    with output_errors(out), release(out) as staged:
         splits, dropped, grid_crs = assemble(done, groups, crs, config, out, staged / "tiles")
         write_index(staged / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
         report = {

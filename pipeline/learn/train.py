@@ -36,6 +36,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, InputError
 from pipeline.io.atomic import write_atomic
 from pipeline.io.validity import POLICY_KEY
+from pipeline.io.write_errors import output_errors, writable_folder
 from pipeline.learn.augment import AugmentSettings
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learn.dataset import (
@@ -485,13 +486,14 @@ def train(
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     run = _setup(config, out, ddp, device, resume)
-    out.mkdir(parents=True, exist_ok=True)
-    log = _Log(out, run.start_epoch) if ddp.is_main else None
-    for epoch in range(run.start_epoch, config.epochs):
-        train_values, lr = _train_epoch(run, epoch, progress)
-        if ddp.is_main:
-            _validate_and_checkpoint(run, epoch, train_values, lr, log)
-        _wait_for_rank_0(device)
+    writable_folder(out)
+    with output_errors(out):  # metrics.csv and TensorBoard: a full disk is one line, not a traceback
+        log = _Log(out, run.start_epoch) if ddp.is_main else None
+        for epoch in range(run.start_epoch, config.epochs):
+            train_values, lr = _train_epoch(run, epoch, progress)
+            if ddp.is_main:
+                _validate_and_checkpoint(run, epoch, train_values, lr, log)
+            _wait_for_rank_0(device)
     result: dict[str, Any] = {}
     if ddp.is_main:
         log.close()
