@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,17 +28,31 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+debug = False  # --debug / CHANGEFLOW_DEBUG=1: an error's traceback is printed before its line
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """End the command on an error the user can fix: its message, exit code 2, no traceback."""
+    """End the command on an error the user can fix: its message, exit code 2, no traceback (but with --debug)."""
     try:
         yield
     except ChangeflowError as exc:
+        show_traceback()
         # One line however long (no wrapping), and a name such as '[red]' in it is shown, not read as markup.
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
+
+
+def show_traceback() -> None:
+    """With --debug, the traceback of the exception being handled (it runs from the command into the flow)."""
+    if debug:
+        typer.echo(traceback.format_exc(), err=True, nl=False)
+
+
+def _not_a_user_error(record: logging.LogRecord) -> bool:
+    """Drops Prefect's record of a ChangeflowError raised in a flow or task (logged with its traceback):
+    the CLI prints that error as one line, and with --debug prints the whole traceback once."""
+    return not (record.exc_info and isinstance(record.exc_info[1], ChangeflowError))
 
 
 def output_folder(out: Path) -> Path:
@@ -61,8 +77,16 @@ def output_folder(out: Path) -> Path:
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug_option: bool = typer.Option(
+        False, "--debug", envvar="CHANGEFLOW_DEBUG", help="Print the traceback of an error before its line."
+    ),
+) -> None:
     """Run a pipeline stage from a YAML config."""
+    global debug
+    debug = debug_option
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_not_a_user_error)
 
 
 @app.command()
@@ -150,6 +174,7 @@ def train_command(
 
             result = train_flow(str(config), str(out), resume, device, progress=True)
     except ChangeflowError as exc:  # as user_errors() does: one line, however long
+        show_traceback()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
     except ValidationError as exc:
