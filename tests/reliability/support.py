@@ -143,20 +143,32 @@ def kill_at_random_point(args: list[str], *, seed: int, earliest: float, latest:
     return Run(process.args, process.returncode, output, time.monotonic() - began, killed)
 
 
-def judge(run: Run, *, lost: bool = False, refused: bool = True) -> str:
+class TracebackShown(AssertionError):
+    """The command printed a traceback (e.g. Prefect's log of a failed flow) besides its error line."""
+
+
+def no_traceback(run: Run) -> None:
+    """Fail with :class:`TracebackShown` when the run printed a traceback (checked last, after the rest)."""
+    if "Traceback" in run.output:
+        start = run.output.index("Traceback")
+        raise TracebackShown(run.output[max(0, start - 300): start + 300])
+
+
+def judge(run: Run, *, lost: bool = False, refused: bool = True, lines: list[str] | None = None) -> str:
     """The verdict of a run: data loss, crash (a traceback, a signal, an unclear failure), clear error, handled.
 
     Args:
         run: the run.
         lost: whether the run lost or damaged data (files outside OUT, earlier outputs, scenes, labels).
         refused: whether the case should end in an error; a run that should but exits 0 is a crash.
+        lines: the lines that tell the error (default: those starting with ``error:``).
     """
     if lost:
         return DATA_LOSS
     if "Traceback" in run.output or run.returncode not in (0, 1, 2):
         return CRASH
     if run.returncode != 0:
-        return CLEAR_ERROR if len(run.error_lines) == 1 else CRASH
+        return CLEAR_ERROR if len(run.error_lines if lines is None else lines) == 1 else CRASH
     return CRASH if refused else HANDLED
 
 
