@@ -208,6 +208,7 @@ def same_rasters(folder_a: Path, folder_b: Path, pattern: str) -> list[str]:
     differing = sorted(names_a ^ names_b)
     for name in sorted(names_a & names_b):
         (pa, ca, ta, na), (pb, cb, tb, nb) = raster(folder_a / name), raster(folder_b / name)
-        if not (np.array_equal(pa, pb, equal_nan=True) and (ca, ta, na) == (cb, tb, nb)):
+        same_nodata = na == nb or (na is not None and nb is not None and np.isnan(na) and np.isnan(nb))
+        if not (np.array_equal(pa, pb, equal_nan=pa.dtype.kind == "f") and (ca, ta) == (cb, tb) and same_nodata):
             differing.append(name)
     return differing
