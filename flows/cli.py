@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from flows.interrupt import stop_cleanly
 from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError, InputError
 
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+RESUME = "rerun the same command to resume"  # said on Ctrl-C (flows.interrupt)
 debug = False  # --debug / CHANGEFLOW_DEBUG=1: an error's traceback is printed before its line
 
 
@@ -103,7 +105,8 @@ def prepare(
         load_config(config, PrepareConfig)
         from flows.prepare import run_prepare
 
-        report = run_prepare(config, out, dask_address=dask_address, progress=True)
+        with stop_cleanly(RESUME):
+            report = run_prepare(config, out, dask_address=dask_address, progress=True)
     splits = ", ".join(
         f"{name} {info['tiles']}" + (f" ({info['share']:.0%}, asked {info['requested']:.0%})" if info["share"] is not None else "")
         for name, info in report["splits"].items()
@@ -172,7 +175,8 @@ def train_command(
         else:
             from flows.train import train_flow
 
-            result = train_flow(str(config), str(out), resume, device, progress=True)
+            with stop_cleanly(lambda: _train_resume(out)):
+                result = train_flow(str(config), str(out), resume, device, progress=True)
     except ChangeflowError as exc:  # as user_errors() does: one line, however long
         show_traceback()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
@@ -182,6 +186,13 @@ def train_command(
         raise typer.Exit(code=2) from None
     if result:
         console.print(f"[green]trained[/] {out}: best epoch {result['best_epoch']}, test {result['test']}")
+
+
+def _train_resume(out: Path) -> str:
+    """How to go on after Ctrl-C: from the last finished epoch, if one finished."""
+    if (out / "last.pt").exists():
+        return f"rerun with --resume to continue from the last finished epoch ({out / 'last.pt'})"
+    return "no epoch finished; rerun the same command to start again"
 
 
 @app.command()
@@ -195,7 +206,8 @@ def detect(
         load_config(config, DetectConfig)
         from flows.detect import detect_flow
 
-        summaries = detect_flow(str(config), str(out), True)
+        with stop_cleanly(f"{RESUME} (finished blocks are kept)"):
+            summaries = detect_flow(str(config), str(out), True)
     _print_detections(summaries)
 
 
@@ -213,7 +225,8 @@ def run(
         settings.detect_config(out / "prepared", out / "model" / "best.pt")
         from flows.run import run_flow
 
-        report = run_flow(str(config), str(out), True)
+        with stop_cleanly(f"{RESUME} (prepared groups are kept; training starts over)"):
+            report = run_flow(str(config), str(out), True)
     splits = ", ".join(f"{name} {info['tiles']}" for name, info in report["prepare"]["splits"].items())
     console.print(f"[green]tiles[/]: {splits} ({out / 'prepared' / 'catalog.gpkg'})")
     if "train" in report:  # not trained: a label-free detect.method without a train section
@@ -257,7 +270,8 @@ def ingest(
         check_ingest_config(settings)  # refused before anything is claimed
         from flows.ingest import ingest_flow
 
-        report = ingest_flow(str(config.resolve()))
+        with stop_cleanly("the next pass returns this pass's claimed scenes to the inbox and processes them"):
+            report = ingest_flow(str(config.resolve()))
     console.print(f"claimed {len(report['claimed'])} scene(s); record {settings.workspace / 'runs' / report['run_id']}.json")
     for name, outcome in report["groups"].items():
         detail = outcome.get("error") or (f"by pass {outcome['done_by']}" if "done_by" in outcome

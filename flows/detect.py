@@ -17,6 +17,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.gpu import gpu_slot, uses_gpu
+from flows.interrupt import note
 from flows.progress import progress_bar
 from pipeline.config import DetectConfig, load_config
 from pipeline.detect.group_run import prepared_groups, run_group
@@ -86,9 +87,11 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     writable_folder(out)
     write_atomic(out / "detect_config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     summaries = {}
-    for group_dir in prepared_groups(config.prepared, config.groups):
+    groups = prepared_groups(config.prepared, config.groups)
+    for group_dir in groups:
         summary = detect_group_task(group_dir, config, contained(out, group_dir.name), progress)
         summaries[group_dir.name] = summary
+        note(f"{sum('error' not in s for s in summaries.values())} of {len(groups)} groups detected")  # said on Ctrl-C
         print(f"group {group_dir.name}: " + (summary.get("error") or f"{summary['n_polygons']} polygons"))
     write_atomic(out / REPORT, json.dumps(summaries, indent=1))
     return summaries

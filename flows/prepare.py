@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from rasterio.crs import CRS
 
+from flows.interrupt import note
 from flows.progress import progress_bar
 from pipeline.config import PrepareConfig, load_config
 from pipeline.errors import ChangeflowError
@@ -82,6 +83,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     for future in _tracked(futures, progress):
         outcome = future.result()
         outcomes.append(outcome)
+        note(f"{sum(o.status != 'failed' for o in outcomes)} of {len(groups)} groups prepared")  # said on Ctrl-C
         print(f"group {outcome.name}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else ""))
         for summary in outcome.labels.values():
             print(f"group {outcome.name}: {describe_label(summary)}")
