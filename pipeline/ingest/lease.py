@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.io.atomic import write_atomic
+from pipeline.io.atomic import process_running, write_atomic
 from pipeline.prepare.inbox import Workspace, reject
 
 LEASE_FILE = ".lease.json"
@@ -50,17 +50,8 @@ class Lease:
         Returns:
             True when the claim may be taken back.
         """
-        return now > self.expires or (self.host == socket.gethostname() and not _pid_running(self.pid))
+        return now > self.expires or (self.host == socket.gethostname() and not process_running(self.pid))
 
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def read_lease(folder: Path) -> Lease | None:

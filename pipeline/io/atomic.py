@@ -95,7 +95,7 @@ def remove_abandoned_partials(destination: Path | str) -> None:
     pattern = re.compile(re.escape(f".{destination.name}.{_host()}-") + r"(\d+)\.[^/]*\.partial")
     for entry in destination.parent.iterdir():
         match = pattern.fullmatch(entry.name)
-        if match and not _running(int(match.group(1))):
+        if match and not process_running(int(match.group(1))):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -104,7 +104,8 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host (signal 0 probes without sending)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
