@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.detect.staging import PARTIAL_DIR
 from tests.conftest import write_folder_dataset
 from tests.fixtures import disks
 from tests.flows.test_ingest_flow import _checkpoint
@@ -30,7 +31,7 @@ from tests.reliability.support import (
 pytestmark = pytest.mark.reliability
 small_disk, read_only = disks.small_disk, disks.read_only  # fixtures
 
-STAGING = ".detect-partial"  # detection's resumable staging may stay after a failed run (README)
+STAGING = PARTIAL_DIR  # detection's resumable staging may stay after a failed run (README)
 
 
 def _prepare_config(folder: Path, files: dict[str, Path], *, stride: int = 64) -> Path:
