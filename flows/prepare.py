@@ -20,14 +20,17 @@ from flows.interrupt import note
 from flows.progress import progress_bar
 from pipeline.config import PrepareConfig, load_config
 from pipeline.errors import ChangeflowError
+from pipeline.io.release import release
 from pipeline.io.write_errors import output_errors, writable_folder
 from pipeline.prepare.assembly import assemble, assigned_tiles, block_plan, index_frames, split_summary, stride_note
 from pipeline.prepare.catalog import build_catalog, scene_entries
 from pipeline.prepare.group_build import GroupOutcome, process_group
 from pipeline.prepare.labels import describe_label, refused_label_groups
 from pipeline.prepare.overlap import Group, build_groups
-from pipeline.prepare.publish import release
 from pipeline.prepare.tile_index import write_index
+
+# Published together in one switch (pipeline.io.release): tiles, index, effective config, reports.
+PUBLISHED = ("tiles", "catalog.gpkg", "config.yaml", "prepare_report.json", "coregistration.json")
 
 
 @task(name="prepare-group", cache_policy=NO_CACHE)
@@ -49,7 +52,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     """Prepare tiles from a config (scene list or inbox) into ``out_dir``.
 
     Tiles, ``catalog.gpkg``, the effective ``config.yaml`` and the reports are published together, in
-    one switch, once all are written (:mod:`pipeline.prepare.publish`): a run that fails or is killed
+    one switch, once all are written (:mod:`pipeline.io.release`): a run that fails or is killed
     leaves those of the last complete run as they were.
 
     Args:
@@ -92,7 +95,7 @@ def prepare_flow(config_path: str, out_dir: str, progress: bool = False) -> dict
     coregistration = [r for o in outcomes for r in o.coregistration]
     if not done:
         raise ChangeflowError(f"no group was prepared ({_reasons({o.name: o.error for o in outcomes})})")
-    with output_errors(out), release(out) as staged:
+    with output_errors(out), release(out, PUBLISHED) as staged:
         splits, dropped, grid_crs = assemble(done, groups, crs, config, out, staged / "tiles")
         write_index(staged / "catalog.gpkg", index_frames(scenes, groups, outcomes, splits, grid_crs, crs))
         report = {

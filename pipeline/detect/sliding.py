@@ -205,6 +205,7 @@ def detect_group(
     run_id: str | None = None,
     provenance: dict[str, str] | None = None,
     progress: Progress | None = None,
+    staging_dir: Path | None = None,
 ) -> DetectionResult:
     """Sliding-window change detection over the grid rasters of ``group_dir`` into ``out_dir``.
 
@@ -219,6 +220,8 @@ def detect_group(
         run_id: the run id tagged on the outputs (default: an interrupted run's, else a new one).
         provenance: tags for the outputs (default: the scene ids of the group's manifest).
         progress: called as ``progress(description, blocks_finished, blocks_total)`` after each block.
+        staging_dir: where finished blocks are staged for a resume (default ``out_dir/.detect-partial``);
+            removed once the rasters are written.
 
     Returns:
         The paths of the rasters and what the call did.
@@ -235,7 +238,7 @@ def detect_group(
     paths = OutputPaths.in_folder(out_dir, run.classes_k)
     blocks = run.layout.blocks()
     megapixels = run.inputs.height * run.inputs.width / 1e6
-    staging = Staging(out_dir / PARTIAL_DIR)
+    staging = Staging(Path(staging_dir) if staging_dir is not None else out_dir / PARTIAL_DIR)
     if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
         previous = existing_run(paths, {**run.tags, **({"RUN_ID": run_id} if run_id else {})})
         if previous is not None:

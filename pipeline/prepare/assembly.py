@@ -2,7 +2,7 @@
 
 Tiles that cover the same ground in several groups are de-duplicated, the rest are split by spatial
 blocks and hard-linked from the group folders into the tile folder of a new release,
-``tiles/{split}/{role}`` (published as ``OUT/tiles`` by :mod:`pipeline.prepare.publish`); the GeoPackage
+``tiles/{split}/{role}`` (published as ``OUT/tiles`` by :mod:`pipeline.io.release`); the GeoPackage
 index gets the scenes, groups, tie points and tiles. Positions compare only within one space: the run's
 CRS when it is georeferenced; in pixel space each group is its own space, shared only by groups with
 an image file in common (every pixel-space image has the identity transform, so unrelated images would
@@ -45,7 +45,7 @@ def assemble(
         crs: the run's common CRS (None for pixel-space runs).
         config: the prepare config (de-duplication overlap, split ratios and seed).
         out_dir: the prepare output folder ``OUT``, holding ``groups/``.
-        tiles_dir: a new tile folder, in the staged release (see :func:`pipeline.prepare.publish.release`).
+        tiles_dir: a new tile folder, in the staged release (see :func:`pipeline.io.release.release`).
 
     Returns:
         Tile id → split, counts of dropped tiles by reason, group → grid CRS.

@@ -1,4 +1,4 @@
-"""Prepare's outputs change in one switch: tiles, index, config and reports are always of one run."""
+"""Outputs change in one switch: tiles, index, config and reports are always of one run."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.prepare.publish as publish_module
-from pipeline.prepare.publish import PUBLISHED, release
+import pipeline.io.release as publish_module
+from pipeline.io.release import release
 
 FILES = ("catalog.gpkg", "config.yaml", "prepare_report.json", "coregistration.json")
+PUBLISHED = ("tiles", *FILES)  # what prepare publishes
 
 
 def _stage(folder: Path, run: str) -> None:
@@ -43,7 +44,7 @@ def _expected(out: Path, run: str) -> dict[str, str]:
 
 def test_a_release_is_published_at_the_paths_users_read(tmp_path):
     out = tmp_path / "out"
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
         assert not (out / "catalog.gpkg").exists()  # nothing is visible before the switch
     assert _outputs(out) == _expected(tmp_path / "out", "run1")
@@ -54,9 +55,9 @@ def test_a_release_is_published_at_the_paths_users_read(tmp_path):
 
 def test_a_new_release_replaces_every_output_together_and_the_old_one_is_removed(tmp_path):
     out = tmp_path / "out"
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run2")
     assert _outputs(out) == _expected(out, "run2")  # no run1 tile is left among them
     assert [p.name for p in (out / "releases").iterdir()] == ["2"]
@@ -64,10 +65,10 @@ def test_a_new_release_replaces_every_output_together_and_the_old_one_is_removed
 
 def test_a_run_that_fails_before_publishing_changes_nothing(tmp_path):
     out = tmp_path / "out"
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
     before = _outputs(out)
-    with pytest.raises(OSError, match="No space left"), release(out) as staged:
+    with pytest.raises(OSError, match="No space left"), release(out, PUBLISHED) as staged:
         _stage(staged, "run2")
         raise OSError(28, "No space left on device")
     assert _outputs(out) == before
@@ -83,7 +84,7 @@ def test_a_crash_at_any_step_of_publishing_leaves_one_whole_run(tmp_path, monkey
         with pytest.raises(KeyboardInterrupt):
             _publish_steps(out, monkeypatch, crash_at)
         assert _outputs(out) in (_expected(out, "run1"), _expected(out, "run2")), f"crash at step {crash_at}"
-        with release(out) as staged:
+        with release(out, PUBLISHED) as staged:
             _stage(staged, "run3")
         assert _outputs(out) == _expected(out, "run3")
         assert len(list((out / "releases").iterdir())) == 1
@@ -91,7 +92,7 @@ def test_a_crash_at_any_step_of_publishing_leaves_one_whole_run(tmp_path, monkey
 
 def _publish_steps(out: Path, monkeypatch, crash_at: int | None) -> int:
     """Publish run 1, then run 2 with a kill at its ``crash_at``-th file system step; the steps counted."""
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
     calls = [0]
 
@@ -107,7 +108,7 @@ def _publish_steps(out: Path, monkeypatch, crash_at: int | None) -> int:
         for name in ("rename", "replace", "symlink", "unlink"):
             patch.setattr(publish_module.os, name, crashing(getattr(os, name)))
         patch.setattr(publish_module.shutil, "rmtree", crashing(publish_module.shutil.rmtree))
-        with release(out) as staged:
+        with release(out, PUBLISHED) as staged:
             _stage(staged, "run2")
     return calls[0]
 
@@ -117,7 +118,7 @@ def test_a_folder_written_before_releases_is_taken_over(tmp_path):
     out = tmp_path / "out"
     _stage(out, "old")
     (out / "notes.txt").write_text("mine")
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
     assert _outputs(out) == _expected(out, "run1")
     assert (out / "notes.txt").read_text() == "mine"
@@ -126,9 +127,9 @@ def test_a_folder_written_before_releases_is_taken_over(tmp_path):
 
 def test_a_release_missing_an_output_is_not_published(tmp_path):
     out = tmp_path / "out"
-    with release(out) as staged:
+    with release(out, PUBLISHED) as staged:
         _stage(staged, "run1")
-    with pytest.raises(FileNotFoundError, match="config.yaml"), release(out) as staged:
+    with pytest.raises(FileNotFoundError, match="config.yaml"), release(out, PUBLISHED) as staged:
         _stage(staged, "run2")
         (staged / "config.yaml").unlink()
     assert _outputs(out) == _expected(out, "run1")

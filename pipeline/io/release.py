@@ -1,15 +1,16 @@
-"""Publishing prepare's outputs in one switch: tiles, index, effective config and reports change together.
+"""Publishing a run's outputs in one switch: every output of a folder changes together.
 
 A run's outputs are staged in a hidden folder of ``OUT/releases``, renamed to ``OUT/releases/{n}``
 when complete, and published by replacing one symbolic link, ``OUT/current → releases/{n}``. The paths
-users and training read are links through it, made once: ``OUT/tiles → current/tiles``,
-``OUT/catalog.gpkg → current/catalog.gpkg``, and likewise ``config.yaml``, ``prepare_report.json`` and
-``coregistration.json``. A reader, or a run killed at any step, sees every output of the old run or
+users read are links through it: ``OUT/{name} → current/{name}`` for every name in the release
+(prepare: ``tiles``, ``catalog.gpkg``, ``config.yaml``, reports; detection: a group's COGs, polygons,
+report and quick look). A reader, or a run killed at any step, sees every output of the old run or
 every output of the new one, never tiles of one with the index or config of the other; a run that
-fails before publishing changes nothing. Older releases are removed once the new one is current.
+fails before publishing changes nothing. Older releases, and links to names the new release does not
+have, are removed once the new one is current.
 
-An ``OUT`` written before releases (a real ``tiles/`` folder and real files) is taken over on its next
-run: those are replaced by the links after the switch, one by one.
+An ``OUT`` written before releases (real files and folders at those names) is taken over on its next
+run: they are replaced by the links after the switch, one by one.
 """
 
 from __future__ import annotations
@@ -22,49 +23,50 @@ from pathlib import Path
 
 from pipeline.io.atomic import partial_folder, remove_abandoned_partials
 
-PUBLISHED = ("tiles", "catalog.gpkg", "config.yaml", "prepare_report.json", "coregistration.json")
 RELEASES = "releases"
 CURRENT = "current"
 
 
 @contextmanager
-def release(out_dir: Path) -> Iterator[Path]:
+def release(out_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Path]:
     """A new empty release folder to write a run's outputs in, published when the block succeeds.
 
     Args:
-        out_dir: the prepare output folder ``OUT`` (created if missing).
+        out_dir: the output folder ``OUT`` (created if missing).
+        required: names the release must hold to be published.
 
     Yields:
-        The staging folder: write every name of ``PUBLISHED`` into it (``tiles/{split}/{role}/{id}.tif``).
+        The staging folder: write the run's outputs into it.
 
     Raises:
-        FileNotFoundError: the block left a name of ``PUBLISHED`` unwritten (nothing is published).
+        FileNotFoundError: the block left a name of ``required`` unwritten (nothing is published).
     """
     staging_name = Path(out_dir) / RELEASES / "next"
     remove_abandoned_partials(staging_name)  # left by killed runs
     staging = partial_folder(staging_name)
     try:
         yield staging
-        publish(staging, Path(out_dir))
+        publish(staging, Path(out_dir), required)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def publish(staged: Path, out_dir: Path) -> Path:
+def publish(staged: Path, out_dir: Path, required: tuple[str, ...] = ()) -> Path:
     """Make a staged release the outputs of ``out_dir``, switching them all with one rename.
 
     Args:
         staged: a complete release folder inside ``out_dir/releases`` (see :func:`release`).
-        out_dir: the prepare output folder ``OUT``.
+        out_dir: the output folder ``OUT``.
+        required: names ``staged`` must hold.
 
     Returns:
         The published release folder ``OUT/releases/{n}``.
 
     Raises:
-        FileNotFoundError: ``staged`` lacks a name of ``PUBLISHED``; naming the folder and the names.
+        FileNotFoundError: ``staged`` lacks a name of ``required``; naming the folder and the names.
     """
-    missing = [name for name in PUBLISHED if not (staged / name).exists()]
+    missing = [name for name in required if not (staged / name).exists()]
     if missing:
         raise FileNotFoundError(f"{staged}: release lacks {', '.join(missing)}; not published")
     releases = out_dir / RELEASES
@@ -72,12 +74,21 @@ def publish(staged: Path, out_dir: Path) -> Path:
     final = releases / str(number)
     os.rename(staged, final)
     _point(out_dir / CURRENT, Path(RELEASES) / final.name)  # the switch
-    for name in PUBLISHED:
+    names = sorted(p.name for p in final.iterdir())
+    for name in names:
         _link(out_dir / name, Path(CURRENT) / name)
+    _unlink_stale(out_dir, names)
     for old in releases.iterdir():
         if old.name.isdigit() and old != final:
             shutil.rmtree(old)
     return final
+
+
+def _unlink_stale(out_dir: Path, names: list[str]) -> None:
+    """Remove links through ``current`` to names the published release does not have (they would dangle)."""
+    for path in out_dir.iterdir():
+        if path.name not in names and path.is_symlink() and Path(os.readlink(path)).parts[:1] == (CURRENT,):
+            os.unlink(path)
 
 
 def _point(link: Path, target: Path) -> None:
