@@ -45,6 +45,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -189,23 +190,36 @@ def changeflow_child(config: str, out: str, timings: str, profile: str | None) -
 
     def timed(name, func, label=None):
         def wrapper(*args, **kwargs):
-            t0 = time.time()
+            t0, c0 = time.time(), _process_cpu()
             try:
                 return func(*args, **kwargs)
             finally:
-                t1 = time.time()
+                t1, c1 = time.time(), _process_cpu()
                 stage = name if label is None else f"{name}:{label(*args, **kwargs)}"
                 with lock:
-                    events.append({"stage": stage, "t0": t0, "t1": t1, "thread": threading.get_ident()})
+                    events.append({"stage": stage, "t0": t0, "t1": t1, "cpu": c1 - c0,
+                                   "thread": threading.get_ident()})
         return wrapper
 
     import rasterio.shutil
 
     import flows.prepare as fp
+    import pipeline.prepare.catalog as catalog
+    import pipeline.prepare.coregistration as co
     import pipeline.prepare.group_build as gb
+    import pipeline.prepare.tiling as tiling
     from flows.cli import app
     t_imported = time.time()
 
+    # sub-stages (nested inside the stages below): where the time of each stage goes
+    catalog.read_product = timed("catalog/product-read", catalog.read_product)
+    catalog.read_window = timed("catalog/footprint-mask-read", catalog.read_window)
+    catalog.footprint_from_mask = timed("catalog/footprint-polygons", catalog.footprint_from_mask)
+    co.read_window = timed("coregister/read", co.read_window)
+    co.structure_descriptor = timed("coregister/cfog-descriptor", co.structure_descriptor)
+    co.phase_shift = timed("coregister/phase-correlation", co.phase_shift)
+    tiling.read_window = timed("tiles/read+mask", tiling.read_window)
+    tiling._write_tile = timed("tiles/write", tiling._write_tile)
     fp.build_catalog = timed("catalog", fp.build_catalog)
     fp.build_groups = timed("overlap", fp.build_groups)
     gb.reference_grid = timed("grid", gb.reference_grid)
@@ -249,6 +263,12 @@ def changeflow_child(config: str, out: str, timings: str, profile: str | None) -
     return rc
 
 
+def _process_cpu() -> float:
+    """User + system CPU seconds of this process so far, all its threads (GDAL's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _process_start_time() -> float:
     try:
         import psutil
@@ -262,8 +282,10 @@ def _stage_summary(timings: dict, measured: Measured) -> dict:
     """Seconds per stage, the flow body, the fixed Prefect/start-up cost, peak RSS per stage."""
     events = timings["events"]
     stages: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for event in events:
         stages[event["stage"]] = stages.get(event["stage"], 0.0) + event["t1"] - event["t0"]
+        cpu[event["stage"]] = cpu.get(event["stage"], 0.0) + event.get("cpu", float("nan"))
     body_start = min((e["t0"] for e in events if e["stage"] == "catalog"), default=None)
     body_end = max((e["t1"] for e in events if e["stage"] == "index(gpkg)"), default=None)
     body = (body_end - body_start) if body_start and body_end else float("nan")
@@ -277,6 +299,7 @@ def _stage_summary(timings: dict, measured: Measured) -> dict:
     launch = measured["start"]
     return {
         "stages_s": stages,
+        "stages_cpu_s": cpu,
         "flow_body_s": body,
         "overhead_s": measured["wall_s"] - body,
         "startup_s": (body_start - launch) if body_start else float("nan"),
@@ -625,6 +648,7 @@ def print_report(rows: list[dict]) -> None:
             console.print(f"  stages (s): {stages}")
             console.print("  peak RSS per stage (MB, main/tree): "
                           + ", ".join(f"{k} {v['main']}/{v['tree']}" for k, v in cf["stage_peak_rss_mb"].items()))
+            console.print(_stage_table(cf))
         gd = row.get("gdal")
         if gd:
             if "error" in gd:
@@ -641,6 +665,16 @@ def print_report(rows: list[dict]) -> None:
                 console.print(f"  gdal_translate per tile: {c['per_tile_s'] * 1000:.0f} ms/tile, "
                               f"{c['tiles_wall_s']:.0f} s for {c['tiles_total']} tiles ({c['note']}); "
                               f"warp + per-tile tiling {gd['cli_wall_s']:.0f} s = {_fmt(_mps(row['size'], gd['cli_wall_s']), '.2f')} MP/s")
+
+
+def _stage_table(cf: dict) -> str:
+    """Markdown table of the stages in time order: wall, CPU (whole process) and peak RSS while each ran."""
+    rows = ["| stage | wall s | CPU s | peak RSS MB (process / tree) |", "|---|---:|---:|---:|"]
+    for stage, wall in cf["stages_s"].items():
+        peak = cf["stage_peak_rss_mb"].get(stage, {})
+        rows.append(f"| {stage} | {wall:.1f} | {_fmt(cf.get('stages_cpu_s', {}).get(stage))} | "
+                    f"{peak.get('main', '-')} / {peak.get('tree', '-')} |")
+    return "\n".join(rows)
 
 
 def _strip(value):
