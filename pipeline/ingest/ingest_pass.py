@@ -158,6 +158,8 @@ class IngestPass:
         entries = scan_inbox(self.claim_dir, sensors)
         if self.workspace.archive.exists():
             entries += [e for e in scan_inbox(self.workspace.archive, sensors) if e.path != self.workspace.duplicates]
+        if not entries:  # every scene is still in the claims of an overlapping pass: nothing to group yet
+            return [], {}
         self._prepare = self.config.prepare_config(entries)
         scenes, failures = build_catalog(self._prepare.scenes, self._prepare)
         for entry, reason in failures:

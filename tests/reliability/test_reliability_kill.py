@@ -209,15 +209,6 @@ def test_ingest_killed_at_a_random_point_then_rerun_gives_the_same_rasters(prefe
     assert differences == []
 
 
-class PassFailed(AssertionError):
-    """A pass running beside another ended in an error."""
-
-
-# Racy (about one run in two here), so not strict: a strict xfail would fail the runs where the race is missed.
-@pytest.mark.xfail(raises=PassFailed, strict=False, reason=(
-    "issue 13 'Overlapping passes': a pass beside another that claimed every scene can end in exit 2, "
-    "'prepare: invalid config: '<root>': give scenes ... or an inbox' (a group prepared with no scenes); "
-    "no scene is lost, repeated or stranded"))
 def test_two_concurrent_ingest_passes_and_a_killed_one_lose_repeat_and_strand_no_scene(prefect_api, group_files,
                                                                                      tmp_path, verdict):
     config = _ingest_config(tmp_path, _checkpoint(tmp_path / "model.pt"))
@@ -245,5 +236,5 @@ def test_two_concurrent_ingest_passes_and_a_killed_one_lose_repeat_and_strand_no
     assert final.returncode == 0, final.output
     for group in ("g1", "g2"):
         assert (tmp_path / "workspace" / "detections" / group / "change_class.tif").exists()
-    if [p.returncode for p in passes] != [0, 0]:
-        raise PassFailed([line for out in outputs for line in out.splitlines() if line.startswith("error")])
+    assert [p.returncode for p in passes] == [0, 0], [line for out in outputs for line in out.splitlines()
+                                                      if line.startswith("error")]
