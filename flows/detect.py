@@ -4,7 +4,9 @@ Inference holds a slot of the global concurrency limit ``gpu`` (as training does
 cannot be detected (e.g. its SAR image failed co-registration) is reported and the others go on.
 Outputs per group in ``OUT/{group}/``: ``change_probability.tif``, ``change_class.tif`` (COGs),
 ``changes.gpkg`` (layer ``changes``) and, when the group has a label, ``report.md`` /
-``report.json`` / ``quicklook.png``.
+``report.json`` / ``quicklook.png``, published together (:mod:`pipeline.detect.group_run`). The run's
+``detect_report.json`` and effective ``detect_config.yaml`` are written after its groups, and only
+when at least one was detected: a rerun that fails leaves the last run's outputs as they were.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.io.paths import contained
 from pipeline.io.write_errors import output_errors, writable_folder
 
 REPORT = "detect_report.json"
+CONFIG = "detect_config.yaml"
 
 
 def detect_one(group_dir: Path, config: DetectConfig, out: Path, show_progress: bool) -> dict:
@@ -85,7 +88,6 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     config = load_config(Path(config_path), DetectConfig)
     out = Path(out_dir)
     writable_folder(out)
-    write_atomic(out / "detect_config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     summaries = {}
     groups = prepared_groups(config.prepared, config.groups)
     for group_dir in groups:
@@ -93,5 +95,8 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
         summaries[group_dir.name] = summary
         note(f"{sum('error' not in s for s in summaries.values())} of {len(groups)} groups detected")  # said on Ctrl-C
         print(f"group {group_dir.name}: " + (summary.get("error") or f"{summary['n_polygons']} polygons"))
-    write_atomic(out / REPORT, json.dumps(summaries, indent=1))
+    if any("error" not in summary for summary in summaries.values()):
+        # With the outputs they describe: a run that detected no group leaves the last run's as they were.
+        write_atomic(out / REPORT, json.dumps(summaries, indent=1))
+        write_atomic(out / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return summaries

@@ -7,22 +7,32 @@ rasters carry the t1/t2 scene ids, dates and sensors of the group's prepare mani
 the checkpoint hash and the detection's run id. With a label-free ``method`` instead of a checkpoint
 (:mod:`~pipeline.detect.labelfree`) the same outputs are written, with the method's name as the model
 and no checkpoint hash.
+
+A group's outputs change together: they are written into a staged release of ``out`` and published
+in one switch (:mod:`pipeline.io.release`; ``out/{name}`` are links through ``out/current``), so a
+rerun that fails (a full disk, a bad input, a kill) leaves the previous run's outputs whole. The
+staged blocks of an interrupted detection stay in ``out/.detect-partial`` for the rerun to resume.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from pipeline.config import DetectConfig
 from pipeline.detect.evaluate import evaluate_prediction, semantic_metrics
 from pipeline.detect.labelfree import detect_labelfree, open_method_pair
+from pipeline.detect.output import CLASS_FILE, PROBABILITY_FILE, SEMANTIC_FILES
 from pipeline.detect.report import write_report
 from pipeline.detect.sliding import DetectionResult, DetectSettings, Progress, detect_group
+from pipeline.detect.staging import PARTIAL_DIR
 from pipeline.detect.vectorize import vectorize
-from pipeline.errors import ChangeflowError
+from pipeline.errors import ChangeflowError, OutputError
+from pipeline.io.release import release
 from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 
 POLYGONS = "changes.gpkg"
@@ -104,34 +114,61 @@ def _report(group_dir: Path, config: DetectConfig, result: DetectionResult, inpu
     return report
 
 
-def _summary(group_dir: Path, result: DetectionResult, polygons: Path, count: int) -> dict:
-    """The group's summary before evaluation: output paths, polygon count, size and run id."""
+def _summary(group_dir: Path, result: DetectionResult, out: Path, count: int) -> dict:
+    """The group's summary before evaluation: published output paths, polygon count, size and run id."""
     summary = {
-        "group": group_dir.name, "probability": str(result.probability), "classes": str(result.classes),
-        "polygons": str(polygons), "n_polygons": count, "megapixels": result.megapixels, "run_id": result.run_id,
+        "group": group_dir.name, "probability": str(out / result.probability.name),
+        "classes": str(out / result.classes.name), "polygons": str(out / POLYGONS), "n_polygons": count,
+        "megapixels": result.megapixels, "run_id": result.run_id,
     }
     if result.semantic:
-        summary["semantic"] = {name: str(path) for name, path in result.semantic.items()}
+        summary["semantic"] = {name: str(out / path.name) for name, path in result.semantic.items()}
     if result.prompt is not None:
         summary["prompt"] = result.prompt
     return summary
 
 
-def _detect(group_dir: Path, config: DetectConfig, out: Path, progress: Progress | None,
+@contextmanager
+def _published_names(staged: Path, out: Path) -> Iterator[None]:
+    """A write error names the output as users know it (``out/{name}``), not its staged copy."""
+    try:
+        yield
+    except OutputError as exc:
+        if not exc.path.is_relative_to(staged):
+            raise
+        raise OutputError(out / exc.path.relative_to(staged), exc.problem) from exc
+
+
+def _reuse_published(out: Path, staged: Path) -> None:
+    """Hard-link the published rasters into the staged release: a rerun of the same detection keeps them.
+
+    Detection compares their tags with the run's and replaces them (a new file at the name, never a
+    write into the linked one) when they differ.
+    """
+    for name in (PROBABILITY_FILE, CLASS_FILE, *SEMANTIC_FILES.values()):
+        try:
+            os.link((out / name).resolve(strict=True), staged / name)
+        except OSError:  # not published, or no hard links on this file system: computed again
+            continue
+
+
+def _detect(group_dir: Path, config: DetectConfig, staged: Path, out: Path, progress: Progress | None,
             device_slot: AbstractContextManager | None) -> tuple[DetectionResult, list[str], dict[str, str], int]:
-    """The rasters from the checkpoint or the label-free method: (result, input roles, polygon attributes, K)."""
+    """The rasters from the checkpoint or the label-free method into the staged release, blocks staged for a
+    resume in ``out/.detect-partial``: (result, input roles, polygon attributes, K)."""
     if config.method is not None:
         method, scene = open_method_pair(group_dir, config.method)
         tags = provenance(group_dir, list(scene.roles))
-        result = detect_labelfree(scene, method, out, block_size=config.block_size,
+        result = detect_labelfree(scene, method, staged, block_size=config.block_size,
                                   probability_dtype=config.probability_dtype, threshold=config.threshold,
                                   provenance={key.upper(): value for key, value in tags.items()}, progress=progress)
         return result, list(scene.roles), {**tags, "model": method.name, "checkpoint_sha256": ""}, 0
     checkpoint = load_checkpoint(config.checkpoint)
     tags = provenance(group_dir, list(checkpoint["inputs"]))
     with device_slot if device_slot is not None else nullcontext():
-        result = detect_group(group_dir, config.checkpoint, out, DetectSettings.from_config(config),
-                              provenance={key.upper(): value for key, value in tags.items()}, progress=progress)
+        result = detect_group(group_dir, config.checkpoint, staged, DetectSettings.from_config(config),
+                              provenance={key.upper(): value for key, value in tags.items()}, progress=progress,
+                              staging_dir=out / PARTIAL_DIR)
     attributes = {**tags, "model": checkpoint["model_name"], "checkpoint_sha256": file_sha256(config.checkpoint)}
     return result, list(checkpoint["inputs"]), attributes, int(checkpoint.get("semantic_classes") or 0)
 
@@ -163,26 +200,27 @@ def run_group(
         ValueError: for settings that do not fit the scene.
     """
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    result, inputs, attributes, classes_k = _detect(group_dir, config, out, progress, device_slot)
-    timings["detect"] = time.perf_counter() - started
-    started = time.perf_counter()
-    # The run id is detection's own: kept when an interrupted run resumes or a finished one is reused.
-    attributes["run_id"] = result.run_id
-    polygons = out / POLYGONS
-    count = vectorize(
-        result.semantic["transitions"] if result.semantic else result.classes, result.probability, polygons,
-        sieve_px=config.vectorize.sieve_px, min_area_m2=config.vectorize.min_area_m2,
-        simplify_px=config.vectorize.simplify_px, block_size=config.block_size, attributes=attributes,
-        transition_classes=classes_k if result.semantic else 0,
-    )
-    timings["vectorize"] = time.perf_counter() - started
-    summary = _summary(group_dir, result, polygons, count)
-    started = time.perf_counter()
-    metrics = _evaluate(group_dir, config, result, polygons, classes_k)
-    if metrics is not None:
-        timings["evaluate"] = time.perf_counter() - started
-        report = _report(group_dir, config, result, inputs, metrics, timings, out)
-        summary.update(metrics=metrics, report=str(report))
+    with release(out) as staged, _published_names(staged, out):
+        _reuse_published(out, staged)
+        started = time.perf_counter()
+        result, inputs, attributes, classes_k = _detect(group_dir, config, staged, out, progress, device_slot)
+        timings["detect"] = time.perf_counter() - started
+        started = time.perf_counter()
+        # The run id is detection's own: kept when an interrupted run resumes or a finished one is reused.
+        attributes["run_id"] = result.run_id
+        count = vectorize(
+            result.semantic["transitions"] if result.semantic else result.classes, result.probability,
+            staged / POLYGONS, sieve_px=config.vectorize.sieve_px, min_area_m2=config.vectorize.min_area_m2,
+            simplify_px=config.vectorize.simplify_px, block_size=config.block_size, attributes=attributes,
+            transition_classes=classes_k if result.semantic else 0,
+        )
+        timings["vectorize"] = time.perf_counter() - started
+        summary = _summary(group_dir, result, out, count)
+        started = time.perf_counter()
+        metrics = _evaluate(group_dir, config, result, staged / POLYGONS, classes_k)
+        if metrics is not None:
+            timings["evaluate"] = time.perf_counter() - started
+            report = _report(group_dir, config, result, inputs, metrics, timings, staged)
+            summary.update(metrics=metrics, report=str(out / report.name))
     summary["timings"] = timings
     return summary

@@ -18,9 +18,10 @@ from pipeline.io.write_errors import output_errors
 def atomic_path(destination: Path | str) -> Iterator[Path]:
     """A temporary path beside ``destination``, renamed onto it when the block succeeds.
 
-    The temporary name is hidden, unique per process and keeps the suffix (GDAL and numpy choose the
-    format by it). On an exception it is removed, with any GDAL ``.aux.xml`` sidecar, and
-    ``destination`` is left untouched.
+    The temporary name, ``.{stem}.{host}-{pid}.partial{suffix}``, is hidden, unique per process and
+    keeps the suffix (GDAL and numpy choose the format by it); host and pid let
+    :func:`remove_abandoned_partials` find those of killed processes. On an exception it is removed,
+    with any GDAL ``.aux.xml`` sidecar, and ``destination`` is left untouched.
 
     Args:
         destination: the file to write; its folder is created if missing.
@@ -33,7 +34,7 @@ def atomic_path(destination: Path | str) -> Iterator[Path]:
             writable (:mod:`pipeline.io.write_errors`).
     """
     destination = Path(destination)
-    partial = destination.with_name(f".{destination.stem}.{os.getpid()}.partial{destination.suffix}")
+    partial = destination.with_name(f".{destination.stem}.{_host()}-{os.getpid()}.partial{destination.suffix}")
     try:
         with output_errors(destination):  # judged while the partial file still takes its space
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -81,22 +82,30 @@ def partial_folder(destination: Path | str) -> Path:
 
 
 def remove_abandoned_partials(destination: Path | str) -> None:
-    """Remove the :func:`partial_folder` folders of ``destination`` whose process, on this host, is gone.
+    """Remove the partial folders (:func:`partial_folder`) and files (:func:`atomic_path`) of
+    ``destination`` whose process, on this host, is gone.
 
-    A killed build leaves its partial folder; a build still running (here or on another host sharing
-    the folder) keeps its own.
+    A killed build or write leaves its partial folder or file; one still running (here or on another
+    host sharing the folder) keeps its own. The folder beside ``destination`` is listed: call it where
+    a folder holds few files (a run folder, a release folder), not per tile.
 
     Args:
-        destination: the folder whose partial folders are looked for beside it.
+        destination: the folder or file whose partial copies are looked for beside it.
     """
     destination = Path(destination)
     if not destination.parent.is_dir():
         return
-    pattern = re.compile(re.escape(f".{destination.name}.{_host()}-") + r"(\d+)\.[^/]*\.partial")
+    host = _host()
+    folders = re.compile(re.escape(f".{destination.name}.{host}-") + r"(\d+)\.[^/]*\.partial")
+    files = re.compile(re.escape(f".{destination.stem}.{host}-") + r"(\d+)\.partial" + re.escape(destination.suffix))
     for entry in destination.parent.iterdir():
-        match = pattern.fullmatch(entry.name)
-        if match and not process_running(int(match.group(1))):
+        match = folders.fullmatch(entry.name) or files.fullmatch(entry.name)
+        if not match or process_running(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _host() -> str:

@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from pipeline.errors import InputError
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import atomic_path, remove_abandoned_partials
 
 # What resuming and detection read; a checkpoint re-saved without one of them is refused at load.
 REQUIRED = ("model", "model_name", "model_options", "normalization", "epoch", "config", "inputs", "bands")
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
-    """Write a checkpoint atomically.
+    """Write a checkpoint atomically; partial checkpoints left by killed runs are removed first.
 
     Args:
         path: the ``.pt`` file to write; its folder is created if missing.
@@ -33,6 +33,7 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> Path:
         OutputError: naming ``path``, when the disk is full or the folder is read-only or not writable
             (the previous checkpoint is kept as it was).
     """
+    remove_abandoned_partials(path)
     with atomic_path(path) as partial:
         torch.save(payload, partial)
     return path

@@ -89,15 +89,7 @@ def test_a_full_disk_while_prepare_writes_tiles_is_one_line_and_keeps_the_previo
     no_traceback(run)
 
 
-class OutputsReplaced(AssertionError):
-    """Outputs of the earlier run were replaced by a run that then failed."""
-
-
 @in_process_layout
-@pytest.mark.xfail(raises=OutputsReplaced, strict=True, reason=(
-    "issue 13 full disk ('nothing half-written left in final places'): today a detect rerun writes "
-    "detect_config.yaml, detect_report.json and g1/change_probability.tif over the earlier run's before its "
-    "change_class.tif fails, leaving a folder that mixes two runs"))
 def test_a_full_disk_while_detect_writes_its_cog_is_one_line_and_keeps_the_previous_outputs(
         prefect_api, prepared, tmp_path, verdict):
     checkpoint = prepared.parent / "model.pt"
@@ -119,8 +111,8 @@ def test_a_full_disk_while_detect_writes_its_cog_is_one_line_and_keeps_the_previ
     assert lines == [f"g1: cannot write {out / 'g1' / 'change_class.tif'}: no space left on device"]
     no_traceback(run)
     assert [name for name in partial_files(out) if STAGING not in name] == []
-    if after != before:  # the first detection's COGs, polygons, report and config, byte for byte
-        raise OutputsReplaced(sorted(name for name in after if after[name] != before.get(name)))
+    # The first detection's COGs, polygons, report and config, byte for byte.
+    assert after == before, sorted(name for name in after if after[name] != before.get(name))
 
 
 def test_a_real_full_disk_under_a_prepare_rerun_is_one_line_and_keeps_the_previous_out(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import rasterio
 
-from pipeline.io.atomic import atomic_path, write_atomic
+from pipeline.io.atomic import atomic_path, remove_abandoned_partials, write_atomic
 from tests.conftest import write_raster
 
 
@@ -83,3 +87,27 @@ def test_write_atomic_writes_bytes_and_replaces_an_existing_file(tmp_path):
     assert write_atomic(str(destination), b"\x00\xffnew") == destination
     assert destination.read_bytes() == b"\x00\xffnew"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin"]
+
+
+def _killed_while_writing(destination, folder: bool = False) -> None:
+    """A process killed (SIGKILL) inside :func:`atomic_path` or after :func:`partial_folder`: its partial stays."""
+    make = "partial_folder(d)" if folder else "atomic_path(d).__enter__().write_bytes(b'half')"
+    code = (f"import os, pathlib; from pipeline.io.atomic import atomic_path, partial_folder; "
+            f"d = pathlib.Path({str(destination)!r}); {make}; os.kill(os.getpid(), 9)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parents[3])
+    assert run.returncode == -signal.SIGKILL
+
+
+def test_partials_of_killed_writers_are_removed_and_those_of_live_ones_kept(tmp_path):
+    destination = tmp_path / "best.pt"
+    _killed_while_writing(destination)
+    _killed_while_writing(tmp_path / "release", folder=True)
+    [killed_file] = [p.name for p in tmp_path.iterdir() if p.name.startswith(".best.")]
+    assert killed_file.endswith(".partial.pt")
+    with atomic_path(destination) as live:  # this process's own write, under way
+        live.write_bytes(b"writing")
+        (tmp_path / ".best.notes").write_text("not a partial")
+        remove_abandoned_partials(destination)
+        remove_abandoned_partials(tmp_path / "release")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, ".best.notes"])
+    assert destination.read_bytes() == b"writing"

@@ -133,3 +133,16 @@ def test_a_release_missing_an_output_is_not_published(tmp_path):
         _stage(staged, "run2")
         (staged / "config.yaml").unlink()
     assert _outputs(out) == _expected(out, "run1")
+
+
+def test_a_name_the_new_release_lacks_is_no_longer_published(tmp_path):
+    """A detection rerun without a label writes no report: the last run's report must not stay beside new COGs."""
+    out = tmp_path / "out"
+    with release(out) as staged:
+        (staged / "change_class.tif").write_text("run1")
+        (staged / "report.md").write_text("run1 report")
+    (out / "notes.md").write_text("mine")
+    with release(out) as staged:
+        (staged / "change_class.tif").write_text("run2")
+    assert sorted(p.name for p in out.iterdir()) == ["change_class.tif", "current", "notes.md", "releases"]
+    assert (out / "change_class.tif").read_text() == "run2"

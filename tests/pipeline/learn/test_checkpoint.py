@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -165,3 +167,14 @@ def test_file_sha256_of_a_saved_checkpoint_changes_with_its_content(tmp_path):
     assert first == hashlib.sha256((tmp_path / "a.pt").read_bytes()).hexdigest()
     second = file_sha256(save_checkpoint(tmp_path / "a.pt", {**make_payload(nn.Conv2d(3, 2, 1)), "epoch": 2}))
     assert first != second
+
+
+def test_save_removes_the_partial_checkpoint_of_a_killed_run(tmp_path):
+    """A training killed while saving ``best.pt`` leaves a hidden partial file; the next save removes it."""
+    code = ("import os, pathlib; from pipeline.io.atomic import atomic_path; "
+            f"atomic_path(pathlib.Path({str(tmp_path / 'best.pt')!r})).__enter__().write_bytes(b'half'); "
+            "os.kill(os.getpid(), 9)")
+    subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parents[3])
+    assert len(list(tmp_path.iterdir())) == 1  # the killed run's partial checkpoint
+    save_checkpoint(tmp_path / "best.pt", make_payload(nn.Conv2d(3, 2, 1)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
