@@ -425,6 +425,35 @@ class TextConfig(StrictModel):
         return self
 
 
+LabelFreeMethod = Literal["cva", "irmad", "log_ratio", "mean_ratio", "npsg"]
+
+
+class EarlyStoppingConfig(StrictModel):
+    """Stop training when a validation metric has not improved for ``patience`` validations."""
+
+    patience: int = Field(default=5, ge=1, description="Validations without improvement before stopping.")
+    min_delta: float = Field(default=0.0, ge=0, description="The least rise of the metric that counts.")
+    metric: Literal["iou", "f1", "kappa", "oa", "precision", "recall"] = "iou"
+
+
+class SamplingConfig(StrictModel):
+    """Which training samples are drawn: a share of them hold change (class-balanced crops)."""
+
+    change_share: float | None = Field(
+        default=None, ge=0, le=1, description="Share of drawn samples that are crops around a change pixel of a "
+        "tile with change; null: one shuffled pass over the train tiles per epoch.")
+
+
+class PseudoLabelConfig(StrictModel):
+    """Labels from the confident parts of a label-free map (see :mod:`pipeline.learn.pseudo_labels`)."""
+
+    method: LabelFreeMethod
+    margin: float = Field(default=0.3, gt=0, lt=0.5, description="Confident: the method's probability is above "
+                          "0.5 + margin (change) or below 0.5 − margin (no change); the rest is ignored (255).")
+    keep_labels: bool = Field(default=True, description="Where a tile has a real label (0 or 1) it wins; false: "
+                              "train and validate on the pseudo-labels alone.")
+
+
 class TrainConfig(StrictModel):
     """Configuration of `changeflow train`."""
 
@@ -440,7 +469,18 @@ class TrainConfig(StrictModel):
     modalities: dict[str, Literal["optical", "sar"]] = Field(
         default_factory=lambda: {"A": "optical", "B": "sar", "C": "optical"}
     )
-    epochs: int = Field(default=20, ge=1)
+    epochs: int = Field(default=20, ge=1, description="The most epochs (validations); max_steps and "
+                        "max_minutes may stop earlier.")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimiser-step budget; an epoch then has at "
+                                  "least ceil(max_steps / epochs) steps, so a few tiles do not force many epochs.")
+    max_minutes: float | None = Field(default=None, gt=0, description="Training-time budget (minutes).")
+    steps_per_epoch: int | None = Field(default=None, ge=1, description="Steps between validations; default one "
+                                        "pass over the train tiles (or more, see max_steps).")
+    early_stopping: EarlyStoppingConfig | None = None
+    sampling: SamplingConfig = SamplingConfig()
+    pseudo_labels: PseudoLabelConfig | None = Field(
+        default=None, description="Train on the confident pixels of a label-free method's map (a method name "
+        "or {method, margin, keep_labels}).")
     batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-2, ge=0)
@@ -458,6 +498,11 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     text: TextConfig | None = Field(default=None, description="Prompts of text-guided models.")
 
+    @field_validator("pseudo_labels", mode="before")
+    @classmethod
+    def _method_name(cls, value: Any) -> Any:
+        return {"method": value} if isinstance(value, str) else value
+
 
 class VectorizeConfig(StrictModel):
     """Change polygons: sieve small regions, drop small polygons, simplify."""
@@ -465,9 +510,6 @@ class VectorizeConfig(StrictModel):
     sieve_px: int = Field(default=16, ge=0, description="Regions smaller than this (px) are merged away.")
     min_area_m2: float = Field(default=50.0, ge=0)
     simplify_px: float = Field(default=1.0, ge=0, description="Topology-preserving, in pixels.")
-
-
-LabelFreeMethod = Literal["cva", "irmad", "log_ratio", "mean_ratio", "npsg"]
 
 
 class DetectConfig(StrictModel):

@@ -24,13 +24,19 @@ class AugmentSettings:
     contrast: float = 0.2  # optical: multiplicative factor in 1 ± this
 
 
-def paired_geometry(arrays: dict[str, np.ndarray], settings: AugmentSettings, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def paired_geometry(
+    arrays: dict[str, np.ndarray], settings: AugmentSettings, rng: np.random.Generator,
+    focus: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The same flips, 90° rotation and crop for every (…, H, W) array of a sample.
 
     Args:
         arrays: the sample's arrays by name (images, valid masks, labels), all with the same (H, W).
         settings: which transforms are drawn; the crop applies only when smaller than both H and W.
         rng: the generator the crop offset, flips (p = 0.5 each) and number of quarter turns are drawn from.
+        focus: boolean (H, W) pixels one of which the crop must contain (e.g. change, for class-balanced
+            sampling): one is drawn, then the offset among those that hold it; None or no True pixel:
+            any offset.
 
     Returns:
         The transformed arrays, contiguous, by the same names.
@@ -40,8 +46,14 @@ def paired_geometry(arrays: dict[str, np.ndarray], settings: AugmentSettings, rn
     size_h, size_w = height, width
     if settings.crop is not None and settings.crop < min(height, width):
         size_h = size_w = settings.crop
-        top = int(rng.integers(0, height - size_h + 1))
-        left = int(rng.integers(0, width - size_w + 1))
+        rows, cols = (0, height - size_h), (0, width - size_w)  # inclusive offset ranges
+        if focus is not None and focus.any():
+            where = np.flatnonzero(focus)
+            row, col = divmod(int(where[rng.integers(0, where.size)]), width)
+            rows = (max(0, row - size_h + 1), min(row, height - size_h))
+            cols = (max(0, col - size_w + 1), min(col, width - size_w))
+        top = int(rng.integers(rows[0], rows[1] + 1))
+        left = int(rng.integers(cols[0], cols[1] + 1))
     flip_h = settings.flips and rng.random() < 0.5
     flip_v = settings.flips and rng.random() < 0.5
     turns = int(rng.integers(0, 4)) if settings.rotate90 else 0

@@ -45,7 +45,8 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
 
     Returns:
         One row per tile: ``tile_id``, ``split``, ``label_format``, one path column per role found
-        (``A``, ``B``, ``C``, ``label``...) and, from a catalog, ``group`` and ``change_fraction``.
+        (``A``, ``B``, ``C``, ``label``...) and, from a catalog, ``group``, ``change_fraction`` and the
+        tile's pixel offsets in its group's grid (``col_off``, ``row_off``).
 
     Raises:
         InputError: ``root`` has neither ``catalog.gpkg`` nor ``{train,val,test}/A/`` tiles, or its
@@ -62,7 +63,8 @@ def load_index(root: Path, folder_labels: str = "binary255") -> pd.DataFrame:
             roles = {p.name: p / f"{tile.tile_id}.tif" for p in sorted(folder.iterdir()) if p.is_dir()}
             rows.append({
                 "tile_id": tile.tile_id, "group": tile.group_name, "split": tile.split, "label_format": "change01",
-                "change_fraction": getattr(tile, "change_fraction", np.nan), **roles,
+                "change_fraction": getattr(tile, "change_fraction", np.nan),
+                "col_off": getattr(tile, "col_off", np.nan), "row_off": getattr(tile, "row_off", np.nan), **roles,
             })
         return pd.DataFrame(rows)
     rows = []
@@ -190,16 +192,31 @@ def check_index(
     return found
 
 
+def read_label(path: Path, label_format: str) -> np.ndarray:
+    """A change label tile as :class:`TileDataset` reads it: 1 change, 0 no change, 255 ignored.
+
+    Args:
+        path: the label tile.
+        label_format: ``"binary255"`` (0/255 masks: > 127 is change) or ``"change01"`` (values kept).
+
+    Returns:
+        uint8 (H, W), 255 also where the tile is nodata.
+
+    Raises:
+        InputError: the tile is unreadable.
+    """
+    data, valid = _read(path)
+    label = (data[0] > 127).astype(np.uint8) if label_format == "binary255" else data[0].astype(np.uint8)
+    label[~valid] = NODATA_U8
+    return label
+
+
 def _tile_change_counts(row: dict) -> tuple[int, int]:
     """(change, labelled) pixels of one tile's label, read as :class:`TileDataset` reads it."""
     if isinstance(row.get("label"), (str, Path)):
-        data, valid = _read(Path(row["label"]))
-        label = data[0]
-        if row["label_format"] == "binary255":
-            changed = label > 127
-        else:
-            valid &= label != NODATA_U8
-            changed = label == 1
+        label = read_label(Path(row["label"]), row["label_format"])
+        valid = label != NODATA_U8
+        changed = label == 1
     else:  # semantic data without a change label: the class transition
         t1, t2 = (_classes(Path(row[role]), np.True_) for role in SEMANTIC_ROLES)
         valid = (t1 != NODATA_U8) & (t2 != NODATA_U8)
@@ -249,6 +266,27 @@ def split_has_change(index: pd.DataFrame, split: str) -> bool:
     if "change_fraction" in rows.columns and (rows["change_fraction"] > 0).any():
         return True
     return any(_tile_change_counts(row)[0] for row in rows.to_dict("records"))
+
+
+def changed_tiles(index: pd.DataFrame, split: str) -> list[int]:
+    """The rows (0-based, in the split's order) of a split's tiles holding a change pixel.
+
+    From the per-tile ``change_fraction`` where the index has one, else from the label tiles.
+
+    Args:
+        index: the tile index from :func:`load_index`.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        The positions of the changed tiles in ``TileDataset(index, split, ...)``.
+
+    Raises:
+        InputError: a label tile is unreadable.
+    """
+    rows = index[index.split == split].reset_index(drop=True)
+    fractions = rows["change_fraction"] if "change_fraction" in rows.columns else pd.Series(np.nan, rows.index)
+    return [i for i, row in enumerate(rows.to_dict("records"))
+            if (fractions[i] > 0 if pd.notna(fractions[i]) else _tile_change_counts(row)[0] > 0)]
 
 
 def tile_size(index: pd.DataFrame, role: str) -> int:
@@ -374,6 +412,20 @@ class TileDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        return self.sample(item)
+
+    def sample(self, item: int, position: int | None = None, focus_change: bool = False) -> dict[str, torch.Tensor]:
+        """One sample of tile ``item``, augmented by draws of (seed, epoch, item[, position]).
+
+        Args:
+            item: the tile's row in this split.
+            position: the sample's place in the epoch's draws (:mod:`pipeline.learn.sampling`), so a tile
+                drawn twice in an epoch gets two augmentations; None: the draws of ``dataset[item]``.
+            focus_change: the random crop holds a change pixel when the tile has one.
+
+        Returns:
+            The sample, as ``dataset[item]``.
+        """
         row = self.rows.iloc[item]
         images, valid_all = {}, None
         for role in self.stats:
@@ -382,21 +434,18 @@ class TileDataset(Dataset):
             valid_all = valid if valid_all is None else valid_all & valid
         targets = {role: _classes(Path(row[role]), valid_all) for role in SEMANTIC_ROLES} if self.semantic else {}
         if isinstance(row.get("label"), (str, Path)):
-            label_raw, label_valid = _read(Path(row["label"]))
-            label = label_raw[0].astype(np.int64)
-            if row["label_format"] == "binary255":
-                label = (label > 127).astype(np.int64)
-            label[~(label_valid & valid_all)] = NODATA_U8
+            label = read_label(Path(row["label"]), row["label_format"]).astype(np.int64)
+            label[~valid_all] = NODATA_U8
         else:  # semantic data without a change label: the class transition
             t1, t2 = targets["semantic_t1"], targets["semantic_t2"]
             label = np.where((t1 == NODATA_U8) | (t2 == NODATA_U8), NODATA_U8, t1 != t2).astype(np.int64)
-        rng = np.random.default_rng((self.seed, self.epoch, item))
+        rng = np.random.default_rng((self.seed, self.epoch, item) + (() if position is None else (position,)))
         arrays = {role: normalize(data, valid, self.stats[role]) for role, (data, valid) in images.items()}
         arrays.update({f"{role}_valid": valid for role, (_, valid) in images.items()})
         arrays["label"] = label
         arrays.update(targets)
         if self.augment is not None:
-            arrays = paired_geometry(arrays, self.augment, rng)
+            arrays = paired_geometry(arrays, self.augment, rng, focus=label == 1 if focus_change else None)
             for role in images:
                 if self.stats[role].modality == "optical":
                     arrays[role] = optical_jitter(arrays[role], arrays[f"{role}_valid"], self.augment, rng)

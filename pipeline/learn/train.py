@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 import models
 from models.losses import build_loss
@@ -41,6 +42,7 @@ from pipeline.learn.augment import AugmentSettings
 from pipeline.learn.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.learn.dataset import (
     TileDataset,
+    changed_tiles,
     check_index,
     fit_normalization,
     load_index,
@@ -52,6 +54,8 @@ from pipeline.learn.dataset import (
 from pipeline.learn.device import resolve_device
 from pipeline.learn.metrics import as_floats, change_metrics
 from pipeline.learn.normalization import BandStats
+from pipeline.learn.pseudo_labels import build_pseudo_labels, with_pseudo_labels
+from pipeline.learn.sampling import DrawnSamples, epoch_draws, planned_epochs, steps_per_epoch
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 
 METRICS_CSV = "metrics.csv"
@@ -281,23 +285,24 @@ def build_prompts(config: TrainConfig, out: Path, text_dim: int) -> Any | None:
         raise ConfigError(f"text prompts: {exc}") from None
 
 
-def _loader(dataset: TileDataset, config: TrainConfig, ddp: Distributed, shuffle: bool, epoch: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed + epoch)
-    sampler = None
-    if ddp.world_size > 1:
-        sampler = DistributedSampler(dataset, ddp.world_size, ddp.rank, shuffle=shuffle, seed=config.seed)
-        sampler.set_epoch(epoch)
+def _loader(dataset: TileDataset | DrawnSamples, config: TrainConfig) -> DataLoader:
+    """Batches in the dataset's order: an evaluation split, or an epoch's draws (already shuffled)."""
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
+        shuffle=False,
         num_workers=config.workers,
-        generator=generator,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
-        drop_last=shuffle and len(dataset) > config.batch_size,
     )
+
+
+def _train_loader(run: _Run, epoch: int) -> DataLoader:
+    """This process's batches of the epoch: ``steps_per_epoch`` batches of the epoch's draws."""
+    config = run.config
+    samples = run.steps_per_epoch * config.batch_size * run.ddp.world_size
+    draws = epoch_draws(len(run.train_set), run.changed, samples, config.sampling.change_share, config.seed, epoch)
+    return _loader(DrawnSamples(run.train_set, draws, run.ddp.rank, run.ddp.world_size), config)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -344,9 +349,9 @@ def evaluate(
     return values
 
 
-def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig):
+def _schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, epochs: int):
     if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
@@ -423,8 +428,32 @@ class _Run:
     test_set: TileDataset
     tile_size: int  # the side of the training samples (detection's default window)
     validity: dict[str, dict]  # the validity rule applied per image role (see pipeline.io.validity)
+    changed: list[int]  # train tiles holding change (class-balanced draws)
+    steps_per_epoch: int
+    epochs: int  # planned: config.epochs, fewer under a step budget
     start_epoch: int = 0
     best_iou: float = -math.inf
+    step: int = 0  # optimiser steps done, over every epoch
+    seconds: float = 0.0  # training time of earlier sessions (resumed runs)
+    started: float = 0.0  # time.monotonic() when this session's training began
+    monitor_best: float = -math.inf  # early stopping: best value of its metric
+    stale: int = 0  # early stopping: validations since it improved
+    stopped: str | None = None  # why training ended before its planned epochs
+    epochs_run: int = 0
+
+    def elapsed(self) -> float:
+        """Seconds of training over every session of the run."""
+        return self.seconds + time.monotonic() - self.started
+
+    def out_of_time(self) -> bool:
+        """Whether the ``max_minutes`` budget is spent."""
+        limit = self.config.max_minutes
+        return limit is not None and self.elapsed() >= limit * 60
+
+    def finished(self) -> bool:
+        """Whether training is over before its planned epochs: stopped early, or a budget spent."""
+        steps = self.config.max_steps
+        return bool(self.stopped) or self.out_of_time() or (steps is not None and self.step >= steps)
 
     def payload(self, epoch: int) -> dict[str, Any]:
         """The checkpoint after ``epoch``: enough to resume exactly or to run inference.
@@ -446,6 +475,10 @@ class _Run:
             "scheduler": self.scheduler.state_dict(),
             "epoch": epoch,
             "best_iou": self.best_iou,
+            "step": self.step,
+            "train_seconds": self.elapsed(),
+            "early_stopping": {"best": self.monitor_best, "stale": self.stale},
+            "stopped": self.stopped,
             "normalization": {role: s.to_dict() for role, s in self.stats.items()},
             "bands": self.bands,
             "inputs": list(config.inputs),
@@ -467,6 +500,10 @@ def train(
 
     Every input problem (missing tiles, band mismatch, unknown model, unreadable checkpoint) is
     raised before the first training step. Under ``torchrun`` only rank 0 validates and writes.
+    Training ends after ``epochs`` epochs of :func:`~pipeline.learn.sampling.steps_per_epoch` steps, or
+    earlier at ``max_steps``, ``max_minutes`` (checked after every step in one process, after every
+    epoch under torchrun) or when early stopping's metric stops improving. With ``pseudo_labels`` the
+    labels come from a label-free map first (:mod:`pipeline.learn.pseudo_labels`).
 
     Args:
         config: the validated training config.
@@ -475,7 +512,8 @@ def train(
         progress: called with (label, step, steps) after each training step on rank 0.
 
     Returns:
-        On rank 0 the model name, best epoch, its validation IoU and the test metrics; {} elsewhere.
+        On rank 0 the model name, best epoch, its validation IoU, the test metrics, the steps and epochs
+        run, the training seconds and why training stopped; {} elsewhere.
 
     Raises:
         ConfigError: for an unknown model or bad model, loss or text options.
@@ -485,15 +523,26 @@ def train(
     device = resolve_device(config.device, ddp.local_rank)
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if config.pseudo_labels is not None:
+        if ddp.is_main:
+            writable_folder(out)
+            with output_errors(out):
+                build_pseudo_labels(load_index(config.data, config.folder_labels), config, out)
+        _wait_for_rank_0(device)
     run = _setup(config, out, ddp, device, resume)
     writable_folder(out)
     with output_errors(out):  # metrics.csv and TensorBoard: a full disk is one line, not a traceback
         log = _Log(out, run.start_epoch) if ddp.is_main else None
-        for epoch in range(run.start_epoch, config.epochs):
+        run.started = time.monotonic()
+        for epoch in range(run.start_epoch, run.epochs):
+            if _from_rank_0(run.finished()):
+                break
             train_values, lr = _train_epoch(run, epoch, progress)
             if ddp.is_main:
                 _validate_and_checkpoint(run, epoch, train_values, lr, log)
             _wait_for_rank_0(device)
+            run.stopped = _from_rank_0(run.stopped)
+            run.epochs_run = epoch + 1
     result: dict[str, Any] = {}
     if ddp.is_main:
         log.close()
@@ -507,6 +556,8 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     """Check the inputs, then build the datasets, model, loss and optimiser (restored when resuming)."""
     roles, teacher = model_roles(config)
     index = load_index(config.data, config.folder_labels)
+    if config.pseudo_labels is not None:
+        index = with_pseudo_labels(index, out)
     checkpoint = _resume_checkpoint(config, out) if resume else None
     classes = semantic_classes(config)
     bands = check_index(index, roles, checkpoint["bands"] if checkpoint else None, semantic=bool(classes))
@@ -524,12 +575,11 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     prompts = build_prompts(config, out, int(getattr(model, "text_dim", 0))) if model.text_conditioned else None
     loss_name = getattr(model, "default_loss", "change")
     loss_fn = build_loss(loss_name, **config.loss_options).to(device)
+    train_tiles = int((index.split == "train").sum())
+    per_epoch = steps_per_epoch(config, train_tiles, ddp.world_size)
+    epochs = planned_epochs(config, per_epoch)
     optimizer = _optimizer(model, loss_fn, config)
-    scheduler = _schedule(optimizer, config)
-    start_epoch, best_iou = 0, -math.inf
-    if checkpoint is not None:
-        start_epoch, best_iou = _restore(checkpoint, model, loss_fn, optimizer, scheduler)
-    wrapped = _wrap(model, ddp, device, unused_text=model.text_conditioned and prompts is None)
+    scheduler = _schedule(optimizer, config, epochs)
     augment = AugmentSettings(crop=config.crop) if config.augment else None
     extras = {"semantic": bool(classes), "prompts": prompts, "validity": validity}
     train_set = TileDataset(index, "train", stats, augment=augment, seed=config.seed, **extras)
@@ -537,9 +587,14 @@ def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.devic
     test_set = TileDataset(index, "test", stats, **extras)
     if len(train_set) == 0 or len(val_set) == 0:
         raise InputError(config.data, "the tile index needs train and val tiles")
-    return _Run(config, out, ddp, device, teacher, classes, bands, channels, stats, model, wrapped, loss_fn,
-                loss_name, optimizer, scheduler, train_set, val_set, test_set, trained_tile_size(index, config),
-                validity, start_epoch, best_iou)
+    changed = changed_tiles(index, "train") if config.sampling.change_share else []
+    run = _Run(config, out, ddp, device, teacher, classes, bands, channels, stats, model, model, loss_fn,
+               loss_name, optimizer, scheduler, train_set, val_set, test_set, trained_tile_size(index, config),
+               validity, changed, per_epoch, epochs)
+    if checkpoint is not None:
+        _restore(checkpoint, run)
+    run.wrapped = _wrap(model, ddp, device, unused_text=model.text_conditioned and prompts is None)
+    return run
 
 
 def _resume_checkpoint(config: TrainConfig, out: Path) -> dict[str, Any]:
@@ -550,14 +605,24 @@ def _resume_checkpoint(config: TrainConfig, out: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def _restore(checkpoint: dict[str, Any], model: nn.Module, loss_fn: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[int, float]:
-    """Load weights, loss, optimiser and LR schedule; returns the epoch to start at and the best val IoU."""
-    model.load_state_dict(checkpoint["model"])
-    loss_fn.load_state_dict(checkpoint["loss"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    return checkpoint["epoch"] + 1, checkpoint["best_iou"]
+def _restore(checkpoint: dict[str, Any], run: _Run) -> None:
+    """Load weights, loss, optimiser, LR schedule and where the run stood (epoch, steps, time, early stopping).
+
+    Checkpoints written before step budgets lack the step state: their steps are counted from the
+    epochs done (one pass per epoch), their time from zero.
+    """
+    run.model.load_state_dict(checkpoint["model"])
+    run.loss_fn.load_state_dict(checkpoint["loss"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.start_epoch, run.best_iou = checkpoint["epoch"] + 1, checkpoint["best_iou"]
+    run.epochs_run = run.start_epoch
+    run.step = checkpoint.get("step", run.start_epoch * run.steps_per_epoch)
+    run.seconds = checkpoint.get("train_seconds", 0.0)
+    stopping = checkpoint.get("early_stopping", {})
+    run.monitor_best, run.stale = stopping.get("best", -math.inf), stopping.get("stale", 0)
+    # Budgets are checked against the config of this session (it may give more); early stopping stays.
+    run.stopped = "early_stopping" if checkpoint.get("stopped") == "early_stopping" else None
 
 
 def _wrap(model: nn.Module, ddp: Distributed, device: torch.device, unused_text: bool) -> nn.Module:
@@ -577,17 +642,25 @@ def _train_epoch(
     config = run.config
     torch.manual_seed(config.seed + epoch)
     run.train_set.set_epoch(epoch)
-    loader = _loader(run.train_set, config, run.ddp, shuffle=True, epoch=epoch)
+    loader = _train_loader(run, epoch)
+    budget = len(loader) if config.max_steps is None else min(len(loader), config.max_steps - run.step)
     run.wrapped.train()
     totals: dict[str, float] = {}
     steps = 0
     for step, batch in enumerate(loader):
+        if step >= budget:
+            break
         parts = _train_step(run, batch, epoch + step / max(1, len(loader)))
         for name, value in parts.items():
             totals[name] = totals.get(name, 0.0) + value
         steps += 1
+        run.step += 1
         if progress is not None and run.ddp.is_main:
-            progress(f"epoch {epoch + 1}/{config.epochs}", step + 1, len(loader))
+            progress(f"epoch {epoch + 1}/{run.epochs}", step + 1, budget)
+        if run.ddp.world_size == 1 and run.out_of_time():  # under torchrun every rank stops at an epoch's end
+            break
+    if run.out_of_time():
+        run.stopped = "max_minutes"
     lr = run.optimizer.param_groups[0]["lr"]
     run.scheduler.step()
     return {f"train_{k}": v / max(1, steps) for k, v in totals.items()}, lr
@@ -626,12 +699,35 @@ def _wait_for_rank_0(device: torch.device) -> None:
         dist.barrier()
 
 
+def _from_rank_0(value: Any) -> Any:
+    """Rank 0's value on every rank (under torchrun; the value itself otherwise)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    shared = [value]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def _early_stopping(run: _Run, val: dict[str, float]) -> None:
+    """Count validations without improvement of the early-stopping metric; set ``stopped`` at its patience."""
+    settings = run.config.early_stopping
+    if settings is None:
+        return
+    value = val[settings.metric]
+    if value > run.monitor_best + settings.min_delta:
+        run.monitor_best, run.stale = value, 0
+        return
+    run.stale += 1
+    if run.stale >= settings.patience:
+        run.stopped = "early_stopping"
+
+
 def _validate_and_checkpoint(run: _Run, epoch: int, train_values: dict[str, float], lr: float, log: _Log) -> None:
     """Validate, log the epoch, save ``best.pt`` when the val IoU improves and ``last.pt`` always."""
-    loader = _loader(run.val_set, run.config, Distributed(), False, epoch)
-    val = evaluate(run.model, loader, run.config, run.device, run.classes)
-    values = {**train_values, **{f"val_{k}": v for k, v in val.items()}, "lr": lr}
+    val = evaluate(run.model, _loader(run.val_set, run.config), run.config, run.device, run.classes)
+    values = {**train_values, **{f"val_{k}": v for k, v in val.items()}, "lr": lr, "step": run.step}
     log.write(epoch, values)
+    _early_stopping(run, val)
     if val["iou"] > run.best_iou:
         run.best_iou = val["iou"]
         save_checkpoint(run.out / "best.pt", run.payload(epoch))
@@ -644,8 +740,11 @@ def _final_test(run: _Run) -> dict[str, Any]:
     run.model.load_state_dict(best["model"])
     test = {}
     if len(run.test_set):
-        test = evaluate(run.model, _loader(run.test_set, run.config, Distributed(), False, 0), run.config,
-                        run.device, run.classes)
-    result = {"model": run.config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test}
+        test = evaluate(run.model, _loader(run.test_set, run.config), run.config, run.device, run.classes)
+    steps = run.config.max_steps
+    stopped = run.stopped or ("max_steps" if steps is not None and run.step >= steps else "epochs")
+    result = {"model": run.config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test,
+              "steps": run.step, "epochs_run": run.epochs_run,
+              "train_seconds": round(run.elapsed(), 1), "stopped": stopped}
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     return result
