@@ -17,11 +17,16 @@ For each size N (``--sizes``, default 5000 20000) the benchmark
    process per tile costs ~0.1 s of start-up and 20000² means ~24 000 tiles; ``gdal_translate``
    as a process per tile is also timed, on every tile when there are at most
    ``--cli-tile-limit`` tiles, else on an evenly spread sample whose mean is extrapolated (the
-   output says which).
+   output says which);
+4. runs the multi-threaded GDAL reference (:func:`run_gdal_mt`): ``gdalwarp -multi -wo
+   NUM_THREADS=ALL_CPUS`` + ``gdal_translate -of COG`` per image, then changeflow's black/nodata
+   filter in numpy and the kept tiles written on one thread per CPU (``--skip-gdal-mt`` leaves it out).
 
 Every step is measured from outside: wall time, and the peak resident set size (RSS) of the whole
-process tree (children included, e.g. Prefect's temporary API server), sampled every 0.1 s with
-psutil, plus the kernel's ``ru_maxrss`` of the largest single process (``wait4``).
+process tree (children included, e.g. Prefect's temporary API server), sampled every 0.05 s with
+psutil, plus the kernel's ``ru_maxrss`` of the largest single process (``wait4``) when it is above the
+benchmark's own RSS (Linux counts the forked parent's pages in a child's ``ru_maxrss``: before this
+was noticed, the GDAL side's peak was the benchmark's own RSS, e.g. the 605 MB of session 2).
 
 Throughput is N² / wall seconds, in megapixels/s of the reference image area.
 
@@ -92,7 +97,7 @@ class Measured(dict):
 
 
 def measure(cmd: list[str], *, log: Path, env: dict | None = None, cwd: Path | None = None,
-            interval: float = 0.1) -> Measured:
+            interval: float = 0.05) -> Measured:
     """Run ``cmd``; wall time and peak RSS of its process tree (sampled) and ``ru_maxrss`` (wait4)."""
     import psutil
 
@@ -101,6 +106,9 @@ def measure(cmd: list[str], *, log: Path, env: dict | None = None, cwd: Path | N
         out.write(("\n$ " + " ".join(map(str, cmd)) + "\n").encode())
         out.flush()
         load_start = os.getloadavg()[0]
+        # Linux counts the forked parent's pages in a child's ru_maxrss (until exec), so the kernel's
+        # figure says nothing when it is not above this process's own RSS.
+        parent_mb = psutil.Process().memory_info().rss / 2**20
         start = time.time()
         proc = subprocess.Popen(list(map(str, cmd)), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
         samples: list[tuple[float, float, float]] = []  # (time, main process RSS MB, tree RSS MB)
@@ -132,12 +140,14 @@ def measure(cmd: list[str], *, log: Path, env: dict | None = None, cwd: Path | N
         proc.returncode = os.waitstatus_to_exitcode(status)
         stop.set()
         sampler.join()
+    kernel_mb = usage.ru_maxrss / 1024  # kB on Linux
+    kernel = [kernel_mb] if kernel_mb > 1.05 * parent_mb else []
     return Measured(
         wall_s=wall,
         rc=proc.returncode,
         # short-lived processes may end between samples: the tree is at least its largest process
-        peak_rss_tree_mb=max([s[2] for s in samples] + [usage.ru_maxrss / 1024]),
-        max_rss_mb=usage.ru_maxrss / 1024,  # kB on Linux
+        peak_rss_tree_mb=max([s[2] for s in samples] + kernel + [0.0]),
+        max_rss_mb=max(kernel + [max((s[1] for s in samples), default=0.0)]),
         cpu_s=usage.ru_utime + usage.ru_stime,  # the child and the descendants it waited for
         loadavg=(load_start, os.getloadavg()[0]),
         start=start,
@@ -410,6 +420,74 @@ def gdal_cli_tile_child(images_json: str, out_dir: str, limit: str) -> int:
     return 0
 
 
+def gdal_mt_tile_child(images_json: str, out_dir: str, black_json: str) -> int:
+    """Runs under a Python with osgeo + numpy: changeflow's black/nodata filter, then tiles of every image.
+
+    The work of changeflow's tiling, with GDAL's Python bindings and numpy: every window of every image
+    is read, a window is dropped when ``black_threshold`` or more of its pixels are nodata / NaN / black
+    (integer imagery: all bands <= ``black_value``) in ANY image that is not the label, else one GeoTIFF
+    per image is written from the arrays (same creation options as changeflow's tiles). Rows of windows
+    are shared out to one thread per CPU, each with its own dataset handles (GDAL releases the GIL in
+    reads, writes and compression).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    images = json.loads(images_json)
+    rule = json.loads(black_json)
+    first = next(iter(images.values()))
+    windows = grid_windows(first["width"], first["height"])
+    rows = sorted({y for _, y in windows})
+    for role in images:
+        (Path(out_dir) / role).mkdir(parents=True, exist_ok=True)
+    driver = gdal.GetDriverByName("GTiff")
+
+    def valid_fraction(data, nodata, integer: bool) -> float:
+        data = data.reshape(-1, *data.shape[-2:])
+        valid = ~(data == nodata).all(axis=0) if nodata is not None and not math.isnan(nodata) else True
+        if integer:
+            valid = valid & (data > rule["black_value"]).any(axis=0)
+        else:
+            valid = valid & np.isfinite(data).all(axis=0)
+        return float(np.broadcast_to(valid, data.shape[-2:]).mean())
+
+    def cut_row(y: int) -> tuple[int, int]:
+        sources = {role: gdal.Open(info["path"]) for role, info in images.items()}
+        kept = dropped = 0
+        for x, _ in (w for w in windows if w[1] == y):
+            arrays = {role: ds.ReadAsArray(x, y, TILE_SIZE, TILE_SIZE) for role, ds in sources.items()}
+            black = [1.0 - valid_fraction(arrays[role], sources[role].GetRasterBand(1).GetNoDataValue(),
+                                          info["predictor"] == 2)
+                     for role, info in images.items() if role != "label"]
+            if any(fraction >= rule["black_threshold"] for fraction in black):
+                dropped += 1
+                continue
+            kept += 1
+            for role, ds in sources.items():
+                data = arrays[role].reshape(-1, TILE_SIZE, TILE_SIZE)
+                band = ds.GetRasterBand(1)
+                tile = driver.Create(str(Path(out_dir) / role / f"x{x}_y{y}.tif"), TILE_SIZE, TILE_SIZE, data.shape[0],
+                                     band.DataType, _tile_options(images[role]["predictor"]))
+                origin_x, res_x, _, origin_y, _, res_y = ds.GetGeoTransform()
+                tile.SetGeoTransform((origin_x + x * res_x, res_x, 0, origin_y + y * res_y, 0, res_y))
+                tile.SetProjection(ds.GetProjection())
+                for index in range(data.shape[0]):
+                    if band.GetNoDataValue() is not None:
+                        tile.GetRasterBand(index + 1).SetNoDataValue(band.GetNoDataValue())
+                    tile.GetRasterBand(index + 1).WriteArray(data[index])
+                tile = None
+        return kept, dropped
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        counts = list(pool.map(cut_row, rows))
+    print(json.dumps({"tiles_kept": sum(k for k, _ in counts), "tiles_dropped": sum(d for _, d in counts),
+                      "windows": len(windows), "threads": os.cpu_count()}))
+    return 0
+
+
 def _gdal_python() -> str | None:
     """A Python that has the GDAL bindings (the system one after `apt-get install python3-gdal`)."""
     for candidate in (sys.executable, "/usr/bin/python3", shutil.which("python3")):
@@ -486,6 +564,9 @@ def run_gdal(paths: dict[str, Path], work: Path, *, cli_tile_limit: int, gdal_ca
         result.update({k: total[k] for k in ("wall_s", "peak_rss_tree_mb", "max_rss_mb", "rc", "cpu_s", "loadavg")})
         result["tiling"] = "gdal.Translate(srcWin) over all tiles in one process (the library call of gdal_translate)"
 
+    if cli_tile_limit <= 0:
+        result["out"] = str(out)
+        return result
     # gdal_translate as a process per tile (all tiles, or a sample + extrapolation)
     cli = measure([sys.executable, script, "_gdal-cli-tile-child", json.dumps(images), out / "tiles-cli",
                    str(cli_tile_limit)], log=work / "gdal-cli.log", env=env)
@@ -509,6 +590,76 @@ def run_gdal(paths: dict[str, Path], work: Path, *, cli_tile_limit: int, gdal_ca
             result["rc"] = max(warp["rc"], cli["rc"], key=abs)
             result["tiling"] = "gdal_translate -srcwin per tile" + (" (extrapolated)" if info["sampled"] else "")
     result["out"] = str(out)
+    return result
+
+
+def run_gdal_mt(paths: dict[str, Path], work: Path, *, gdal_cachemax: int | None = None) -> dict:
+    """The multi-threaded GDAL chain doing changeflow's work where GDAL's tools can.
+
+    Per image: ``gdalwarp -multi -wo NUM_THREADS=ALL_CPUS`` onto A's grid into an uncompressed tiled
+    staging GTiff (A is only translated: it is the grid), ``gdal_translate -of COG`` of it with
+    ``NUM_THREADS=ALL_CPUS`` (staging removed), then :func:`gdal_mt_tile_child`: changeflow's
+    black/nodata filter in numpy and the kept tiles, on one thread per CPU. Not done: co-registration,
+    the split blocks (windows every 256 px over the whole grid, not inside split blocks over the common
+    valid area), the tile index and the split.
+    """
+    import rasterio
+
+    from pipeline.config import TilingConfig
+
+    python = _gdal_python()
+    if not (shutil.which("gdalwarp") and shutil.which("gdal_translate")) or python is None:
+        return {"error": "GDAL tools or Python bindings not found; apt-get install -y gdal-bin python3-gdal"}
+    out = work / "gdal-mt-out"
+    shutil.rmtree(out, ignore_errors=True)
+    cogs = out / "grid"
+    cogs.mkdir(parents=True)
+    env = {**os.environ, **({"GDAL_CACHEMAX": str(gdal_cachemax)} if gdal_cachemax else {})}
+    with rasterio.open(paths["A"]) as ref:
+        crs, res = ref.crs.to_string(), abs(ref.transform.a)
+        left, bottom, right, top = ref.bounds
+    cog = [arg for option in COG_OPTIONS for arg in ("-co", option)]
+    steps: dict[str, list[str]] = {}
+    for role in ("A", "B", "C", "label"):
+        categorical = role == "label"
+        staging = cogs / f"{role}.staging.tif"
+        if role != "A":
+            steps[f"warp:{role}"] = [
+                "gdalwarp", "-q", "-overwrite", "-multi", "-wo", "NUM_THREADS=ALL_CPUS",
+                "-t_srs", crs, "-tr", repr(res), repr(res), "-te", repr(left), repr(bottom), repr(right), repr(top),
+                "-r", "near" if categorical else "bilinear", "-of", "GTiff", "-co", "TILED=YES",
+                "-co", "BLOCKXSIZE=512", "-co", "BLOCKYSIZE=512", "-co", "BIGTIFF=IF_SAFER", paths[role], staging,
+            ]
+        steps[f"cog:{role}"] = [
+            "gdal_translate", "-q", "-of", "COG", *cog, "-co", f"PREDICTOR={'NO' if categorical else 'YES'}",
+            "-co", f"OVERVIEW_RESAMPLING={'NEAREST' if categorical else 'AVERAGE'}",
+            paths[role] if role == "A" else staging, cogs / f"{role}.tif",
+        ]
+    measured: dict[str, Measured] = {}
+    for name, cmd in steps.items():
+        measured[name] = measure(cmd, log=work / "gdal-mt.log", env=env)
+        if name.startswith("cog:"):
+            (cogs / f"{name[4:]}.staging.tif").unlink(missing_ok=True)
+    images = {}
+    for role in ("A", "B", "C", "label"):
+        with rasterio.open(cogs / f"{role}.tif") as ds:
+            images[role] = {"path": str(cogs / f"{role}.tif"), "width": ds.width, "height": ds.height,
+                            "predictor": 3 if ds.dtypes[0].startswith("float") else 2}
+    tiling = TilingConfig()
+    rule = {"black_value": tiling.black_value, "black_threshold": tiling.black_threshold}
+    name = f"tiles+filter({os.cpu_count()} threads)"
+    measured[name] = measure([python, str(Path(__file__).resolve()), "_gdal-mt-tile-child", json.dumps(images),
+                              out / "tiles", json.dumps(rule)], log=work / "gdal-mt.log", env=env)
+    info = _last_json_line(work / "gdal-mt.log") or {}
+    total = _combine(list(measured.values()))
+    result = {k: total[k] for k in ("wall_s", "peak_rss_tree_mb", "max_rss_mb", "rc", "cpu_s", "loadavg")}
+    result |= {
+        "commands": {k: " ".join(map(str, v)) for k, v in steps.items()},
+        "stages_s": {k: m["wall_s"] for k, m in measured.items()},
+        "stage_peak_rss_mb": {k: round(m["peak_rss_tree_mb"]) for k, m in measured.items()},
+        "tiles_kept": info.get("tiles_kept"), "windows": info.get("windows"),
+        "tile_files": _count_files(out / "tiles"), "output_gb": round(_du_gb(out), 2), "out": str(out),
+    }
     return result
 
 
@@ -573,10 +724,23 @@ def bench_size(size: int, args: argparse.Namespace) -> dict:
         if not args.keep_outputs:
             shutil.rmtree(row["gdal"].get("out", work / "gdal-out"), ignore_errors=True)
 
-    cf, gd = row.get("changeflow", {}), row.get("gdal", {})
-    for side in (cf, gd, row.get("changeflow_nocoreg", {})):
+    if not args.skip_gdal_mt:
+        print(f"[{size}] GDAL multi-threaded reference ...", flush=True)
+        row["gdal_mt"] = run_gdal_mt(paths, work, gdal_cachemax=args.gdal_cachemax)
+        if "wall_s" in row["gdal_mt"]:
+            print(f"[{size}] gdal-mt: {row['gdal_mt']['wall_s']:.1f} s, "
+                  f"peak RSS {row['gdal_mt']['peak_rss_tree_mb']:.0f} MB", flush=True)
+        if not args.keep_outputs:
+            shutil.rmtree(row["gdal_mt"].get("out", work / "gdal-mt-out"), ignore_errors=True)
+
+    cf, gd, mt = row.get("changeflow", {}), row.get("gdal", {}), row.get("gdal_mt", {})
+    for side in (cf, gd, mt, row.get("changeflow_nocoreg", {})):
         if "wall_s" in side:
             side["mps"] = _mps(size, side["wall_s"])
+    if "wall_s" in cf and "wall_s" in mt:
+        row["ratio_time_mt"] = cf["wall_s"] / mt["wall_s"]
+        row["ratio_time_excl_overhead_mt"] = cf.get("flow_body_s", float("nan")) / mt["wall_s"]
+        row["ratio_rss_mt"] = cf["peak_rss_tree_mb"] / mt["peak_rss_tree_mb"]
     if "flow_body_s" in cf:
         cf["mps_excl_overhead"] = _mps(size, cf["flow_body_s"])
     if "wall_s" in cf and "wall_s" in gd:
@@ -612,10 +776,11 @@ def print_report(rows: list[dict]) -> None:
                         "cf = changeflow, excl. = without the fixed Prefect/start-up cost)")
     for column in ("N", "cf s", "cf excl. s", "cf MP/s", "cf excl. MP/s", "cf RSS MB",
                    "GDAL s", "GDAL MP/s", "GDAL RSS MB", "time cf/GDAL", "excl./GDAL", "RSS cf/GDAL",
+                   "GDAL-MT s", "GDAL-MT RSS MB", "time cf/GDAL-MT", "excl./GDAL-MT", "RSS cf/GDAL-MT",
                    "tile files cf (kept/img)", "tile files GDAL (/img)", "gdal_translate per-tile s"):
         table.add_column(column, justify="right")
     for row in rows:
-        cf, gd = row.get("changeflow", {}), row.get("gdal", {})
+        cf, gd, mt = row.get("changeflow", {}), row.get("gdal", {}), row.get("gdal_mt", {})
         cli = gd.get("cli_tiling", {})
         table.add_row(
             str(row["size"]), _fmt(cf.get("wall_s")), _fmt(cf.get("flow_body_s")), _fmt(cf.get("mps"), ".2f"),
@@ -623,6 +788,8 @@ def print_report(rows: list[dict]) -> None:
             _fmt(gd.get("wall_s")), _fmt(gd.get("mps"), ".2f"), _fmt(gd.get("peak_rss_tree_mb"), ".0f"),
             _fmt(row.get("ratio_time"), ".2f"), _fmt(row.get("ratio_time_excl_overhead"), ".2f"),
             _fmt(row.get("ratio_rss"), ".2f"),
+            _fmt(mt.get("wall_s")), _fmt(mt.get("peak_rss_tree_mb"), ".0f"), _fmt(row.get("ratio_time_mt"), ".2f"),
+            _fmt(row.get("ratio_time_excl_overhead_mt"), ".2f"), _fmt(row.get("ratio_rss_mt"), ".2f"),
             f"{cf.get('tile_files', '-')} ({cf.get('tiles_kept', '-')}/img)",
             f"{gd.get('tile_files', '-')} ({gd.get('tiles_per_image', '-')}/img)",
             (_fmt(cli.get("tiles_wall_s"), ".0f") + (" est." if cli.get("sampled") else "")) if cli else "-",
@@ -649,6 +816,14 @@ def print_report(rows: list[dict]) -> None:
             console.print("  peak RSS per stage (MB, main/tree): "
                           + ", ".join(f"{k} {v['main']}/{v['tree']}" for k, v in cf["stage_peak_rss_mb"].items()))
             console.print(_stage_table(cf))
+        mt = row.get("gdal_mt")
+        if mt:
+            if "error" in mt:
+                console.print(f"[yellow]{row['size']} GDAL-MT: {mt['error']}")
+            else:
+                console.print(f"[bold]{row['size']} GDAL-MT[/] CPU {mt['cpu_s']:.0f} s; load avg {mt['loadavg'][0]:.1f} -> "
+                              f"{mt['loadavg'][1]:.1f}; {mt['tiles_kept']} of {mt['windows']} windows kept: "
+                              + ", ".join(f"{k} {v:.1f} s / {mt['stage_peak_rss_mb'][k]} MB" for k, v in mt["stages_s"].items()))
         gd = row.get("gdal")
         if gd:
             if "error" in gd:
@@ -704,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         return changeflow_child(argv[1], argv[2], argv[3], argv[4] if len(argv) > 4 else None)
     if argv and argv[0] == "_gdal-tile-child":
         return gdal_tile_child(argv[1], argv[2])
+    if argv and argv[0] == "_gdal-mt-tile-child":
+        return gdal_mt_tile_child(argv[1], argv[2], argv[3])
     if argv and argv[0] == "_gdal-cli-tile-child":
         return gdal_cli_tile_child(argv[1], argv[2], argv[3])
 
@@ -717,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-gdal", action="store_true")
+    parser.add_argument("--skip-gdal-mt", action="store_true", help="Skip the multi-threaded GDAL reference.")
     parser.add_argument("--skip-changeflow", action="store_true")
     parser.add_argument("--no-coreg-too", action="store_true",
                         help="Also run changeflow with co-registration off (GDAL does no co-registration).")
@@ -724,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-gdal", type=Path, metavar="JSON",
                         help="Take the GDAL figures of a size from this earlier --json output instead of rerunning GDAL.")
     parser.add_argument("--cli-tile-limit", type=int, default=2000,
-                        help="Run gdal_translate per tile on all tiles up to this many, else on a sample this big.")
+                        help="Run gdal_translate per tile on all tiles up to this many, else on a sample this big (0: skip).")
     parser.add_argument("--gdal-cachemax", type=int, metavar="MB",
                         help="Set GDAL_CACHEMAX for every measured process (default: GDAL's, 5%% of RAM).")
     args = parser.parse_args(argv)
