@@ -532,6 +532,12 @@ class DetectConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     prompt: str | None = Field(default=None, description="Text-guided models: prompt for every group "
                                "(default: the training prompt of the group).")
+    dask_address: str | None = Field(default=None, description="Detect the groups as tasks on this Dask "
+                                     "scheduler (tcp://HOST:PORT); GPU work goes to workers with the resource GPU.")
+    block_tasks: bool = Field(default=False, description="On a Dask cluster, also split each scene into block "
+                              "tasks (one huge scene across workers); same rasters, bit for bit.")
+    threads: int | None = Field(default=None, ge=1, description="torch threads per detection process or Dask "
+                                "task (default: the process's; Dask's nanny sets 1).")
     vectorize: VectorizeConfig = VectorizeConfig()
     evaluate: bool = Field(default=True, description="Score against the group's label when it has one.")
 

@@ -3,10 +3,17 @@
 Each window's prediction is weighted by the importance map times the joint valid mask (0 wherever
 any input is nodata, so such pixels end as nodata) and added to the accumulator of the block owning
 the window: the weighted sums (change probability, and the class posteriors of semantic models)
-plus the weight sum, over the block and one window of margin to the right and below. Blocks are
-processed in row-major order. When a block's windows are done its own pixels are complete, because
-windows of later blocks do not reach back into it (``block_size >= window``); they are finalised
-and staged, and the margin is handed on as two carries (see :class:`~pipeline.detect.staging.Carries`).
+plus the weight sum, over the block and one window of margin to the right and below
+(:func:`own_sums`). The margin is handed on as two carries (see
+:class:`~pipeline.detect.staging.Carries`); a block's own pixels are complete once the carries of
+the blocks left, above-left and above it are added to its own sums (:func:`finish_block`), because
+windows of later blocks do not reach back into it (``block_size >= window``).
+
+Every pixel is therefore summed in one fixed order: its own block's windows in row-major order, then
+the right carry, the above-left and the above bottom carries; and the completed sums are finalised on
+the CPU. A block's own sums depend on nothing but its windows, so blocks can be computed in any order,
+in other processes or on other machines (:mod:`~pipeline.detect.blocks`), and still give the same bits
+as this module's streaming, one-block-after-the-other run (:func:`accumulate_blocks`).
 
 Live memory is one accumulator of (block + window)² × 2 float32 (52 MB at 2048 + 512), the bottom
 carries of one block row (≈ scene width × window × 8 bytes, 100 MB for 20 000 px at 512), a few
@@ -160,8 +167,44 @@ class Blender:
             acc[self.channels, r:r + wh, c:c + ww] += w[k]
 
 
-def _hand_on(acc: torch.Tensor, split: tuple[int, int], carries: Carries, i: int, j: int) -> None:
-    """Keep the margin of block (i, j) past ``split`` (rows, cols) as its right and bottom carries."""
+def own_sums(block: Block, layout: Layout, blender: Blender, batches: Iterator[tuple[list[Offset], Batch]],
+             batch_size: int) -> torch.Tensor:
+    """The weighted sums of the windows ``block`` owns, over its extended rectangle.
+
+    Args:
+        block: (row, col) of the block.
+        layout: the scene's layout.
+        blender: adds batches to an accumulator.
+        batches: the block's window batches next, in order (:meth:`Layout.batches`).
+        batch_size: windows per batch, as ``batches`` were cut.
+
+    Returns:
+        The accumulator from :meth:`Blender.accumulator` over :meth:`Layout.extended`, holding only
+        this block's windows (zero where none reaches).
+    """
+    ext = layout.extended(*block)
+    acc = blender.accumulator(ext)
+    for _ in range(0, len(layout.owned.get(block, [])), batch_size):
+        offsets, batch = next(batches)
+        blender.add(acc, (ext[0], ext[1]), offsets, batch)
+    return acc
+
+
+def hand_on(acc: torch.Tensor, layout: Layout, carries: Carries, i: int, j: int) -> torch.Tensor:
+    """Stage the margins of block (i, j)'s own sums as its right and bottom carries.
+
+    Args:
+        acc: the block's own sums (:func:`own_sums`).
+        layout: the scene's layout.
+        carries: where the carries are kept and staged.
+        i: the block's row index.
+        j: the block's column index.
+
+    Returns:
+        The sums over the block's own pixels, on the CPU (a view of ``acc`` when it is there).
+    """
+    core = layout.core(i, j)
+    split = (core[2] - core[0], core[3] - core[1])
     right = acc[:, :split[0], split[1]:]
     bottom = acc[:, split[0]:, :]
     # Copies: a view would keep the block's whole accumulator alive (a row of bottom carries then
@@ -170,6 +213,34 @@ def _hand_on(acc: torch.Tensor, split: tuple[int, int], carries: Carries, i: int
         carries.put("right", i, j, right.cpu().numpy().copy())
     if bottom.shape[1]:
         carries.put("bottom", i, j, bottom.cpu().numpy().copy())
+    return acc[:, :split[0], :split[1]].cpu()
+
+
+def finish_block(sums: torch.Tensor, layout: Layout, carries: Carries, staging: Staging,
+                 encoding: tuple[ProbabilityDtype, float], i: int, j: int) -> None:
+    """Complete block (i, j) with the earlier blocks' carries, finalise it, stage it and drop used carries.
+
+    Args:
+        sums: the block's own sums over its own pixels, on the CPU (added to in place).
+        layout: the scene's layout.
+        carries: the carries of the blocks left, above-left and above (staged or in memory).
+        staging: where the finished block is staged and recorded.
+        encoding: (probability dtype, class threshold) for :func:`finalise`.
+        i: the block's row index.
+        j: the block's column index.
+    """
+    b, core = layout.block, layout.core(i, j)
+    origin = (core[0], core[1])
+    # Contributions of earlier blocks' windows after the block's own, always in this order: the sums
+    # are the same bits however the blocks were computed.
+    add_piece(sums, origin, core, carries.get("right", i, j - 1), (i * b, j * b))
+    add_piece(sums, origin, core, carries.get("bottom", i - 1, j - 1), (i * b, (j - 1) * b))
+    add_piece(sums, origin, core, carries.get("bottom", i - 1, j), (i * b, j * b))
+    staging.finish_block(block_id(i, j), finalise(sums, *encoding))
+    carries.forget("right", i, j - 1)
+    carries.forget("bottom", i - 1, j - 1)
+    if j == layout.block_cols - 1:
+        carries.forget("bottom", i - 1, j)
 
 
 def accumulate_blocks(
@@ -194,23 +265,9 @@ def accumulate_blocks(
         batch_size: windows per batch, as ``batches`` were cut.
         on_block: called with the number of finished blocks after each block is recorded.
     """
-    carries, b = Carries(staging), layout.block
+    carries = Carries(staging)
     for i, j in blocks:
-        ext, core = layout.extended(i, j), layout.core(i, j)
-        origin = (ext[0], ext[1])
-        acc = blender.accumulator(ext)
-        # Contributions of earlier blocks' windows, always in this order: the sums stay bit-identical.
-        add_piece(acc, origin, core, carries.get("right", i, j - 1), (i * b, j * b))
-        add_piece(acc, origin, core, carries.get("bottom", i - 1, j - 1), (i * b, (j - 1) * b))
-        add_piece(acc, origin, core, carries.get("bottom", i - 1, j), (i * b, j * b))
-        for _ in range(0, len(layout.owned.get((i, j), [])), batch_size):
-            offsets, batch = next(batches)
-            blender.add(acc, origin, offsets, batch)
-        split = (core[2] - origin[0], core[3] - origin[1])
-        _hand_on(acc, split, carries, i, j)  # carries are staged before the journal records the block
-        staging.finish_block(block_id(i, j), finalise(acc[:, :split[0], :split[1]], *encoding))
-        carries.forget("right", i, j - 1)
-        carries.forget("bottom", i - 1, j - 1)
-        if j == layout.block_cols - 1:
-            carries.forget("bottom", i - 1, j)
+        acc = own_sums((i, j), layout, blender, batches, batch_size)
+        sums = hand_on(acc, layout, carries, i, j)  # carries are staged before the journal records the block
+        finish_block(sums, layout, carries, staging, encoding, i, j)
         on_block(staging.done)

@@ -1,8 +1,16 @@
-"""The model side of detection: rebuilt from its checkpoint, prompted, and run over batches of windows."""
+"""The model side of detection: rebuilt from its checkpoint, prompted, and run over batches of windows.
+
+A process keeps the models it rebuilt (:func:`cached_model`, keyed by the checkpoint's SHA-256 and the
+device), so a Dask worker or a notebook that detects group after group loads a checkpoint once; a task
+graph then carries only the checkpoint's path, never the weights.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,8 +18,10 @@ from torch import nn
 import models
 from pipeline.config import TextConfig
 from pipeline.errors import ChangeflowError, ConfigError, InputError
+from pipeline.learn.checkpoint import load_checkpoint
 
 MAX_TRANSITION_CLASSES = 15  # 1 + K·from + to must fit uint8 below the nodata value
+CACHED_MODELS = 2  # models kept per process: a worker switching checkpoints does not pile them up
 
 TextTensors = dict[str, torch.Tensor]
 
@@ -40,6 +50,61 @@ def build_model(checkpoint_path: Path, checkpoint: dict, device: torch.device) -
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise InputError(checkpoint_path, f"weights do not fit model '{name}': {exc}") from None
     return model.to(device).eval()
+
+
+class _ModelCache:
+    """The last few (checkpoint payload without weights, model) rebuilt in this process, newest last."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.loads = 0  # checkpoints loaded and rebuilt by this process (observable on cluster workers)
+        self._entries: OrderedDict[tuple[str, str], tuple[dict[str, Any], nn.Module]] = OrderedDict()
+        self._lock = threading.Lock()  # a worker with several threads loads a checkpoint once
+
+    def get(self, path: Path, sha256: str, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
+        key = (sha256, str(device))
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+            payload = load_checkpoint(path)
+            model = build_model(path, payload, device)
+            self.loads += 1
+            self._entries[key] = ({k: v for k, v in payload.items() if k != "model"}, model)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+            return self._entries[key]
+
+
+_MODELS = _ModelCache(CACHED_MODELS)
+
+
+def cached_model(path: Path, sha256: str, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
+    """A checkpoint's payload (without its weights) and model, loaded once per process and device.
+
+    Args:
+        path: the checkpoint file, read on the first call for its hash and device.
+        sha256: the file's SHA-256 (:func:`~pipeline.learn.checkpoint.file_sha256`): a replaced file
+            with the same path is loaded again.
+        device: where the model runs.
+
+    Returns:
+        The payload without the ``model`` weights, and the model in eval mode. Callers must not change
+        the model (it is shared by later calls).
+
+    Raises:
+        InputError: naming the file, when it is missing, unreadable or its weights do not fit the model.
+    """
+    return _MODELS.get(Path(path), sha256, device)
+
+
+def model_loads() -> int:
+    """How many checkpoints this process has loaded and rebuilt (cache misses of :func:`cached_model`).
+
+    Returns:
+        The count since the process started.
+    """
+    return _MODELS.loads
 
 
 def semantic_classes(checkpoint_path: Path, checkpoint: dict) -> int:

@@ -21,89 +21,29 @@ block is done the staged blocks are written to COGs in ``out_dir`` and the parti
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from pipeline.config import DetectConfig
-from pipeline.detect.accumulate import Blender, ProbabilityDtype, accumulate_blocks
-from pipeline.detect.inference import TextTensors, build_model, prompt_embedding, semantic_classes
-from pipeline.detect.inputs import GroupInputs, check_inputs, default_provenance
+from pipeline.detect.accumulate import Blender, accumulate_blocks
+from pipeline.detect.blocks import BlockJob, assemble
+from pipeline.detect.cluster import dask_client, stage_on_cluster
 from pipeline.detect.output import OutputPaths, existing_run, write_rasters
 from pipeline.detect.reading import window_batches
-from pipeline.detect.staging import PARTIAL_DIR, Staging, fingerprint
-from pipeline.detect.windows import Block, Layout, Weighting, block_id, default_window, importance_map, plan
+from pipeline.detect.setup import DetectSettings, Run, set_up, torch_threads
+from pipeline.detect.shard import Shard, stage_shard
+from pipeline.detect.staging import PARTIAL_DIR, Staging
+from pipeline.detect.windows import Block, block_id, importance_map
 from pipeline.io.raster import bounded_gdal_cache
-from pipeline.learn.checkpoint import file_sha256, load_checkpoint
-from pipeline.learn.device import resolve_device
-from pipeline.learn.normalization import BandStats
 
 __all__ = ["DetectSettings", "DetectionResult", "Progress", "detect_group"]
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class DetectSettings:
-    """How a group is detected (the inference keys of :class:`~pipeline.config.DetectConfig`).
-
-    Attributes:
-        window: window size in pixels; None for the checkpoint's training tile size.
-        overlap: the fraction two neighbouring windows share, in [0, 1).
-        batch_size: windows per forward pass.
-        tta: also predict the h / v / hv flips and average.
-        device: "auto", "cpu", "cuda" or "cuda:N".
-        block_size: output block size in pixels (memory grows with its square).
-        probability_dtype: "uint8" (p × 254, 255 nodata) or "float32" (NaN nodata).
-        threshold: change where the probability exceeds it.
-        weighting: "gaussian" or "uniform" blending weights.
-        prompt: text-guided models: the prompt (None: the checkpoint's prompt for the group).
-
-    Raises:
-        ValueError: for an overlap, probability dtype, batch size or weighting out of range.
-    """
-
-    window: int | None = None
-    overlap: float = 0.5
-    batch_size: int = 8
-    tta: bool = False
-    device: str = "auto"
-    block_size: int = 2048
-    probability_dtype: ProbabilityDtype = "uint8"
-    threshold: float = 0.5
-    weighting: Weighting = "gaussian"
-    prompt: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), not {self.overlap}")
-        if self.probability_dtype not in ("uint8", "float32"):
-            raise ValueError(f"probability_dtype must be 'uint8' or 'float32', not {self.probability_dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        importance_map(1, 1, self.weighting)  # validates the name
-
-    @classmethod
-    def from_config(cls, config: DetectConfig) -> DetectSettings:
-        """The settings of a validated detect config.
-
-        Args:
-            config: the ``detect`` config.
-
-        Returns:
-            Its inference keys as settings.
-
-        Raises:
-            ValueError: as the constructor.
-        """
-        return cls(**{field.name: getattr(config, field.name) for field in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -126,57 +66,6 @@ class DetectionResult:
     prompt: str | None = None  # text-guided models: the prompt used
 
 
-@dataclass(frozen=True)
-class _Run:
-    """Everything checked and loaded before the first window."""
-
-    inputs: GroupInputs
-    stats: dict[str, BandStats]
-    device: torch.device
-    model: nn.Module
-    text: TextTensors | None
-    prompt: str | None
-    classes_k: int
-    layout: Layout
-    fingerprint: str
-    tags: dict[str, str]  # provenance and settings, without the run id
-
-
-def _set_up(group_dir: Path, checkpoint: Path, settings: DetectSettings, provenance: dict[str, str] | None) -> _Run:
-    """Check the inputs against the checkpoint, rebuild the model and lay out the scene."""
-    payload = load_checkpoint(checkpoint)
-    inputs = check_inputs(group_dir, checkpoint, payload)
-    stats = {role: BandStats.from_dict(payload["normalization"][role]) for role in inputs.paths}
-    device = resolve_device(settings.device)
-    model = build_model(checkpoint, payload, device)
-    text, prompt = prompt_embedding(checkpoint, payload, inputs.group, settings.prompt, device, model)
-    classes_k = semantic_classes(checkpoint, payload)
-    window = int(settings.window or default_window(payload))
-    if window < 1:
-        raise ValueError(f"window must be positive, not {window}")
-    layout = plan(inputs.height, inputs.width, window, settings.overlap, settings.block_size)
-    checkpoint_sha = file_sha256(checkpoint)
-    fingerprinted = {
-        "window": list(layout.window), "overlap": settings.overlap, "weighting": settings.weighting,
-        "tta": settings.tta, "block_size": settings.block_size, "probability_dtype": settings.probability_dtype,
-        "threshold": settings.threshold, "inputs": list(inputs.paths),
-        **({"prompt": prompt} if prompt is not None else {}),
-    }
-    run_fingerprint = fingerprint(checkpoint_sha, inputs, fingerprinted)
-    detect_settings = {**fingerprinted, "batch_size": settings.batch_size, "device": device.type}
-    tags = {
-        **(provenance if provenance is not None else default_provenance(group_dir)),
-        "GROUP": inputs.group,
-        "MODEL": payload["model_name"],
-        "CHECKPOINT": checkpoint.name,
-        "CHECKPOINT_SHA256": checkpoint_sha,
-        "CHECKPOINT_EPOCH": str(payload.get("epoch", "")),
-        "DETECT_SETTINGS": json.dumps(detect_settings, sort_keys=True),
-        "DETECT_FINGERPRINT": run_fingerprint,
-    }
-    return _Run(inputs, stats, device, model, text, prompt, classes_k, layout, run_fingerprint, tags)
-
-
 def _announce(progress: Progress | None, description: str, total: int, done: int) -> None:
     """Report ``done`` of ``total`` blocks finished, when there is a progress callback."""
     if progress is not None:
@@ -184,9 +73,9 @@ def _announce(progress: Progress | None, description: str, total: int, done: int
 
 
 def _compute_blocks(
-    run: _Run, settings: DetectSettings, blocks: list[Block], staging: Staging, on_block: Callable[[int], None]
+    run: Run, settings: DetectSettings, blocks: list[Block], staging: Staging, on_block: Callable[[int], None]
 ) -> None:
-    """Run the model over the windows of ``blocks``, staging each finished block."""
+    """Run the model over the windows of ``blocks`` in this process, staging each finished block."""
     weights = torch.from_numpy(importance_map(*run.layout.window, settings.weighting)).to(run.device)
     blender = Blender(run.model, weights, 1 + 2 * run.classes_k, settings.tta, run.text, run.device)
     jobs = run.layout.batches(blocks, settings.batch_size)
@@ -194,6 +83,30 @@ def _compute_blocks(
     with window_batches(run.inputs, run.stats, run.layout.window, run.device, jobs) as batches, \
             bounded_gdal_cache(), torch.inference_mode():
         accumulate_blocks(blocks, run.layout, blender, batches, staging, encoding, settings.batch_size, on_block)
+
+
+def _compute_elsewhere(run: Run, job: BlockJob, blocks: list[Block], staging: Staging,
+                       on_block: Callable[[int], None]) -> bool:
+    """Blocks as tasks: on the Dask cluster at hand (``block_tasks``) or shared by torchrun's ranks.
+
+    Returns:
+        False when neither applies (the caller computes the blocks itself); else True, with every
+        block finished and recorded.
+    """
+    shard = Shard.from_env()
+    encoding = (job.settings.probability_dtype, job.settings.threshold)
+    if shard.world_size > 1:
+        stage_shard(run, job, shard, staging)
+        assemble(staging, run, encoding, blocks, on_block)
+        return True
+    if not job.settings.block_tasks:
+        return False
+    with dask_client() as client:
+        if client is None:
+            return False
+        stage_on_cluster(client, job, blocks, staging)
+    assemble(staging, run, encoding, blocks, on_block)
+    return True
 
 
 def detect_group(
@@ -232,13 +145,20 @@ def detect_group(
         ConfigError: for a prompt given to a model without text.
         ValueError: for a window or block size that does not fit.
     """
+    with torch_threads(settings.threads):
+        return _detect(Path(group_dir), Path(checkpoint), Path(out_dir), settings, run_id, provenance, progress,
+                       Path(staging_dir) if staging_dir is not None else Path(out_dir) / PARTIAL_DIR)
+
+
+def _detect(group_dir: Path, checkpoint: Path, out_dir: Path, settings: DetectSettings, run_id: str | None,
+            provenance: dict[str, str] | None, progress: Progress | None, staging_dir: Path) -> DetectionResult:
+    """:func:`detect_group` with its paths resolved, inside its thread setting."""
     started = time.perf_counter()
-    group_dir, checkpoint, out_dir = Path(group_dir), Path(checkpoint), Path(out_dir)
-    run = _set_up(group_dir, checkpoint, settings, provenance)
+    run = set_up(group_dir, checkpoint, settings, provenance)
     paths = OutputPaths.in_folder(out_dir, run.classes_k)
     blocks = run.layout.blocks()
     megapixels = run.inputs.height * run.inputs.width / 1e6
-    staging = Staging(Path(staging_dir) if staging_dir is not None else out_dir / PARTIAL_DIR)
+    staging = Staging(staging_dir)
     if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
         previous = existing_run(paths, {**run.tags, **({"RUN_ID": run_id} if run_id else {})})
         if previous is not None:
@@ -250,7 +170,9 @@ def detect_group(
     todo = blocks[len(done):]
     announce = partial(_announce, progress, f"detect {run.inputs.group}", len(blocks))
     announce(len(done))
-    _compute_blocks(run, settings, todo, staging, announce)
+    job = BlockJob(group_dir, checkpoint, settings, staging.root, run.fingerprint)
+    if not _compute_elsewhere(run, job, todo, staging, announce):
+        _compute_blocks(run, settings, todo, staging, announce)
     encoding = (settings.probability_dtype, settings.threshold)
     write_rasters(paths, staging, run.layout, run.inputs, {**run.tags, "RUN_ID": run_id}, encoding, run.classes_k)
     shutil.rmtree(staging.root, ignore_errors=True)

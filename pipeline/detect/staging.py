@@ -8,6 +8,10 @@ same order, so the rasters are byte-identical to an uninterrupted run and finish
 recomputed. The journal carries a fingerprint of the checkpoint, the inputs and the output-affecting
 settings; a mismatch discards the partial work. Staged blocks take 2 bytes per pixel on disk (5 with
 float32 probabilities) until the COGs are written.
+
+Blocks computed as separate tasks (:mod:`~pipeline.detect.blocks`) stage their own sums
+(``sums/r{i}_c{j}.npy``, float32, 4 bytes per pixel and channel: 8 for binary change) after their
+carries; one writer completes them in order into ``blocks/`` and the journal, deleting each sum once used.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class Staging:
         self.root = root
         self.blocks = root / "blocks"
         self.carries = root / "carries"
+        self.sums = root / "sums"
 
     def open(self, fingerprint: str, run_id: str | None, order: list[str]) -> tuple[list[str], str]:
         """Take up the journal, or start a new one.
@@ -89,11 +94,13 @@ class Staging:
                     break
                 done.append(recorded)
             self.state = {**journal, "done": done, "run_id": run_id or journal["run_id"]}
+            self.sums.mkdir(exist_ok=True)
             self._write_journal()
             return list(done), self.state["run_id"]
         shutil.rmtree(self.root, ignore_errors=True)
         self.blocks.mkdir(parents=True)
         self.carries.mkdir()
+        self.sums.mkdir()
         run_id = run_id or new_run_id()
         self.state = {"fingerprint": fingerprint, "run_id": run_id, "blocks": order, "done": []}
         self._write_journal()
@@ -103,6 +110,14 @@ class Staging:
     def done(self) -> int:
         """How many blocks are finished."""
         return len(self.state["done"])
+
+    def recorded(self) -> dict | None:
+        """The journal as last written, for processes that stage sums but do not own it.
+
+        Returns:
+            The journal's content, or None when there is none (yet) or it cannot be read.
+        """
+        return self._journal()
 
     def _journal(self) -> dict | None:
         try:
@@ -169,6 +184,38 @@ class Staging:
             np.savez(handle, **rasters)
         self.state["done"].append(block_id)
         self._write_journal()
+
+    def sums_path(self, block_id: str) -> Path:
+        """Where a block computed as a separate task stages its own sums.
+
+        Args:
+            block_id: the block.
+
+        Returns:
+            ``sums/{block_id}.npy``.
+        """
+        return self.sums / f"{block_id}.npy"
+
+    def save_sums(self, block_id: str, array: np.ndarray) -> None:
+        """Stage a block's own sums atomically (after its carries: their presence says the block is done).
+
+        Args:
+            block_id: the block.
+            array: its weighted sums and weight sum over its own pixels (C, h, w).
+        """
+        with atomic_path(self.sums_path(block_id)) as partial, open(partial, "wb") as handle:
+            np.save(handle, array)
+
+    def load_sums(self, block_id: str) -> np.ndarray:
+        """Read a block's staged own sums.
+
+        Args:
+            block_id: the block.
+
+        Returns:
+            The sums (C, h, w).
+        """
+        return np.load(self.sums_path(block_id))
 
     def block(self, block_id: str, name: str) -> np.ndarray:
         """One raster of a staged block.
