@@ -1,0 +1,407 @@
+// changeflow review page: two panes (t1, t2) on one shared OpenLayers View in the group's own CRS,
+// candidates from the detection, reviewer edits sent through a persistent retrying queue.
+"use strict";
+
+const STYLE_COLOURS = {
+  pending: "#ffd21f", accepted: "#2ee06b", rejected: "#ff4040", edited: "#25d8ff", added: "#4f8bff",
+};
+const state = {
+  config: null, queue: [], index: -1, current: null, ops: [], sending: false, undo: [], mode: null,
+  tileErrors: 0, tilesLoaded: 0,
+};
+
+async function main() {
+  const config = await (await fetch("/api/config")).json();
+  state.config = config;
+  document.getElementById("title").textContent = `changeflow review: ${config.group}`;
+  const projection = new ol.proj.Projection({ code: "changeflow:grid", units: config.units || "m", extent: config.extent });
+  const tileGrid = new ol.tilegrid.TileGrid({
+    origin: config.origin, resolutions: config.resolutions, tileSize: config.tile_size, extent: config.extent,
+  });
+  const finest = config.resolutions[config.resolutions.length - 1];
+  const view = new ol.View({
+    projection, center: ol.extent.getCenter(config.extent), resolution: config.resolutions[0] / 2,
+    maxResolution: config.resolutions[0] * 2, minResolution: finest / 8, extent: config.extent, constrainOnlyCenter: true,
+  });
+  const tiles = (path) => {
+    const source = new ol.source.XYZ({ projection, tileGrid, url: path, interpolate: false, transition: 0 });
+    source.on("tileloadend", () => { state.tilesLoaded += 1; });
+    source.on("tileloaderror", () => { state.tileErrors += 1; });
+    return source;
+  };
+  const imageUrl = (role) => `/tiles/${role}/{z}/{x}/{y}.png`;
+  const probabilityUrl = () => `/tiles/probability/{z}/{x}/{y}.png?threshold=${state.threshold}`;
+  state.threshold = config.threshold;
+  const features = new ol.source.Vector();
+  const panes = {};
+  for (const pane of ["t1", "t2"]) {
+    const image = new ol.layer.Tile({ source: tiles(imageUrl(config[pane])) });
+    const probability = new ol.layer.Tile({ source: tiles(probabilityUrl()), opacity: 0.5 });
+    const vectors = new ol.layer.Vector({ source: features, style: featureStyle });
+    const cursor = new ol.layer.Vector({ source: new ol.source.Vector(), style: cursorStyle() });
+    const layers = [image, probability, vectors, cursor];
+    let compare = null;
+    if (pane === "t1") {  // t2 imagery over t1, shown by swipe or flicker
+      compare = new ol.layer.Tile({ source: tiles(imageUrl(config.t2)), visible: false });
+      compare.on("prerender", clipSwipe);
+      compare.on("postrender", (event) => event.context.restore());
+      layers.splice(1, 0, compare);
+    }
+    const map = new ol.Map({ target: `map-${pane}`, layers, view, controls: ol.control.defaults.defaults({ attribution: false }) });
+    panes[pane] = { map, image, probability, vectors, cursor, compare };
+  }
+  state.panes = panes;
+  state.view = view;
+  state.features = features;
+  state.tiles = tiles;
+  state.imageUrl = imageUrl;
+  state.probabilityUrl = probabilityUrl;
+  mirrorCursor(panes.t1, panes.t2);
+  mirrorCursor(panes.t2, panes.t1);
+  setupRoles(config);
+  setupInteractions();
+  setupControls();
+  setupKeys(config);
+  await loadFeatures();
+  setInterval(sendOps, 2000);  // retries what could not be sent
+  window.addEventListener("beforeunload", (event) => {
+    if (state.ops.length) { event.preventDefault(); event.returnValue = ""; }
+  });
+  view.fit(config.extent, { size: panes.t1.map.getSize() });
+  window.review = state;  // for tests and the console
+  state.ready = true;
+}
+
+function featureStyle(feature) {
+  const status = feature.get("status");
+  if (status === "deleted") return null;
+  const current = state.current && feature.getId() === state.current;
+  const colour = STYLE_COLOURS[status] || "#fff";
+  return [
+    new ol.style.Style({
+      stroke: new ol.style.Stroke({ color: current ? "#ffffff" : colour, width: current ? 4 : 2,
+                                    lineDash: status === "pending" ? [6, 4] : undefined }),
+      fill: new ol.style.Fill({ color: status === "rejected" ? "rgba(255,64,64,0.12)" : "rgba(0,0,0,0)" }),
+    }),
+  ];
+}
+
+function cursorStyle() {
+  return new ol.style.Style({
+    image: new ol.style.RegularShape({ points: 4, radius: 10, radius2: 0, angle: Math.PI / 4,
+                                       stroke: new ol.style.Stroke({ color: "#ff0", width: 2 }) }),
+  });
+}
+
+function mirrorCursor(from, to) {
+  from.map.on("pointermove", (event) => {
+    const source = to.cursor.getSource();
+    source.clear();
+    source.addFeature(new ol.Feature(new ol.geom.Point(event.coordinate)));
+    from.cursor.getSource().clear();
+  });
+  from.map.getViewport().addEventListener("mouseleave", () => to.cursor.getSource().clear());
+}
+
+function clipSwipe(event) {
+  const context = event.context;
+  const size = state.panes.t1.map.getSize();
+  const fraction = document.getElementById("swipe-on").checked && !state.flicker
+    ? Number(document.getElementById("swipe").value) / 100 : 1;
+  const [x0, y0] = ol.render.getRenderPixel(event, [0, 0]);
+  const [x1, y1] = ol.render.getRenderPixel(event, [size[0] * fraction, size[1]]);
+  context.save();
+  context.beginPath();
+  context.rect(x0, y0, x1 - x0, y1 - y0);
+  context.clip();
+}
+
+function setupRoles(config) {
+  for (const pane of ["t1", "t2"]) {
+    const select = document.getElementById(`role-${pane}`);
+    for (const role of config.images) {
+      const option = new Option(`${role} (${config.sensors[role] || "?"})`, role, role === config[pane], role === config[pane]);
+      select.add(option);
+    }
+    select.addEventListener("change", () => {
+      state.panes[pane].image.setSource(state.tiles(state.imageUrl(select.value)));
+      if (pane === "t2") state.panes.t1.compare.setSource(state.tiles(state.imageUrl(select.value)));
+    });
+  }
+}
+
+// ---- features, queue and the persistent operation queue ----
+
+async function loadFeatures() {
+  const [collection, queue] = await Promise.all([
+    (await fetch("/api/features")).json(), (await fetch("/api/queue")).json(),
+  ]);
+  const format = new ol.format.GeoJSON();
+  state.features.clear();
+  state.features.addFeatures(format.readFeatures(collection));
+  state.queue = queue;
+  updateStatus();
+}
+
+function applyServer(geojson) {
+  const format = new ol.format.GeoJSON();
+  const incoming = format.readFeature(geojson);
+  const existing = state.features.getFeatureById(incoming.getId());
+  if (existing) {
+    existing.setProperties(incoming.getProperties(), true);
+    existing.setGeometry(incoming.getGeometry());
+    existing.changed();
+  } else {
+    state.features.addFeature(incoming);
+  }
+}
+
+function newId() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+  return "xxxxxxxx-xxxx-4xxx-8xxx-xxxxxxxxxxxx".replace(/x/g, () => Math.floor(Math.random() * 16).toString(16));
+}
+
+function enqueue(op) {
+  op.op_id = newId();
+  state.ops.push(op);
+  updateStatus();
+  sendOps();
+}
+
+async function sendOps() {
+  if (state.sending) return;
+  state.sending = true;
+  try {
+    while (state.ops.length) {
+      const op = state.ops[0];
+      const feature = state.features.getFeatureById(op.uuid);
+      let response;
+      try {
+        if (op.kind === "add") {
+          response = await write("POST", "/api/features", { ...op.body, uuid: op.uuid, op_id: op.op_id });
+        } else {
+          const version = feature ? feature.get("version") : 0;
+          response = await write("PATCH", `/api/features/${op.uuid}`, { ...op.body, version, op_id: op.op_id });
+        }
+      } catch (error) {
+        say(`not saved yet (${error.message}); retrying`);
+        return;  // network down: keep the queue, retry later
+      }
+      const answer = await response.json();
+      if (response.ok) {
+        applyServer(answer);
+        say("");
+      } else if (response.status === 409) {
+        applyServer(answer.current);
+        say(`conflict: ${answer.current.properties.reviewer || "someone"} changed this feature first; their version is shown, yours was not applied`);
+      } else if (response.status >= 500) {
+        say(`server error ${response.status}; retrying`);
+        return;
+      } else {
+        say(`refused (${response.status}): ${answer.detail}`);
+        if (op.kind === "add" && feature && !feature.get("version")) state.features.removeFeature(feature);
+      }
+      state.ops.shift();
+      updateStatus();
+    }
+  } finally {
+    state.sending = false;
+    updateStatus();
+  }
+}
+
+function write(method, url, body) {
+  return fetch(url, {
+    method, body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", "X-Review-Token": state.config.token },
+  });
+}
+
+function geometryJson(geometry) {
+  return new ol.format.GeoJSON().writeGeometryObject(geometry);
+}
+
+function selected() {
+  const picked = state.select.getFeatures().item(0);
+  if (picked) return picked;
+  return state.current ? state.features.getFeatureById(state.current) : null;
+}
+
+function setStatus(feature, status) {
+  if (!feature) { say("no candidate or feature selected"); return; }
+  const before = feature.get("status");
+  if (before === status) return;
+  state.undo.push({ uuid: feature.getId(), status: before });
+  feature.set("status", status);
+  enqueue({ kind: "update", uuid: feature.getId(), body: { status } });
+}
+
+function act(status) {
+  const feature = selected();
+  if (feature && feature.get("source") === "reviewer") {
+    setStatus(feature, status === "rejected" ? "deleted" : "added");
+  } else {
+    setStatus(feature, status);
+  }
+}
+
+function addFeature(geometry) {
+  const uuid = newId();
+  const feature = new ol.Feature({ geometry, status: "added", source: "reviewer", version: 0 });
+  feature.setId(uuid);
+  state.features.addFeature(feature);
+  state.undo.push({ uuid, created: true });
+  const featureClass = Number(document.getElementById("class").value);
+  enqueue({ kind: "add", uuid, body: { geometry: geometryJson(geometry), class: featureClass } });
+}
+
+function undo() {
+  const step = state.undo.pop();
+  if (!step) { say("nothing to undo"); return; }
+  const feature = state.features.getFeatureById(step.uuid);
+  if (!feature) return;
+  const body = {};
+  if (step.geometry) { feature.setGeometry(new ol.format.GeoJSON().readGeometry(step.geometry)); body.geometry = step.geometry; }
+  if (step.created) {
+    body.status = "deleted";  // undoing a draw
+  } else if (step.status) {
+    body.status = step.status;
+  }
+  feature.set("status", body.status || feature.get("status"));
+  enqueue({ kind: "update", uuid: step.uuid, body });
+}
+
+function goTo(offset) {
+  if (!state.queue.length) { say("no candidates"); return; }
+  state.index = (state.index + offset + state.queue.length) % state.queue.length;
+  state.current = state.queue[state.index];
+  const feature = state.features.getFeatureById(state.current);
+  state.select.getFeatures().clear();
+  if (feature) {
+    const finest = state.config.resolutions[state.config.resolutions.length - 1];
+    state.view.fit(ol.extent.buffer(feature.getGeometry().getExtent(), 40 * finest),
+                   { minResolution: finest / 2, duration: 0 });
+  }
+  state.features.changed();
+  updateStatus();
+}
+
+// ---- interactions ----
+
+function setupInteractions() {
+  const t1 = state.panes.t1.map;
+  state.select = new ol.interaction.Select({ layers: [state.panes.t1.vectors], hitTolerance: 4 });
+  state.modify = new ol.interaction.Modify({ features: state.select.getFeatures() });
+  state.snap = new ol.interaction.Snap({ source: state.features });
+  state.draw = new ol.interaction.Draw({ type: "Polygon" });
+  state.modify.on("modifystart", (event) => {
+    event.features.forEach((f) => state.undo.push({ uuid: f.getId(), status: f.get("status"), geometry: geometryJson(f.getGeometry()) }));
+  });
+  state.modify.on("modifyend", (event) => {
+    event.features.forEach((f) => {
+      if (f.get("source") === "detection") f.set("status", "edited");
+      enqueue({ kind: "update", uuid: f.getId(), body: { geometry: geometryJson(f.getGeometry()) } });
+    });
+  });
+  state.draw.on("drawend", (event) => { addFeature(event.feature.getGeometry()); setMode(null); });
+  t1.addInteraction(state.select);
+  t1.on("singleclick", async (event) => {
+    if (state.mode !== "grow") return;
+    const [x, y] = event.coordinate;
+    const response = await fetch(`/api/grow?x=${x}&y=${y}&threshold=${state.threshold}`);
+    const answer = await response.json();
+    if (!response.ok) { say(answer.detail); return; }
+    addFeature(new ol.format.GeoJSON().readGeometry(answer.geometry));
+    say(`grown: ${answer.n_pixels} px, mean probability ${answer.mean_prob.toFixed(2)}${answer.clipped ? " (cut at the read window)" : ""}`);
+    setMode(null);
+  });
+}
+
+function setMode(mode) {
+  const t1 = state.panes.t1.map;
+  for (const interaction of [state.draw, state.modify, state.snap]) t1.removeInteraction(interaction);
+  state.mode = state.mode === mode ? null : mode;
+  if (state.mode === "draw") { t1.addInteraction(state.draw); t1.addInteraction(state.snap); }
+  if (state.mode === "edit") { t1.addInteraction(state.modify); t1.addInteraction(state.snap); }
+  for (const name of ["draw", "edit", "grow"]) document.getElementById(name).classList.toggle("active", state.mode === name);
+}
+
+function setupControls() {
+  const on = (id, handler) => document.getElementById(id).addEventListener("click", handler);
+  on("next", () => goTo(1));
+  on("prev", () => goTo(-1));
+  on("accept", () => act("accepted"));
+  on("reject", () => act("rejected"));
+  on("delete", () => act("rejected"));
+  on("undo", undo);
+  on("draw", () => setMode("draw"));
+  on("edit", () => setMode("edit"));
+  on("grow", () => setMode("grow"));
+  const rerender = () => state.panes.t1.map.render();
+  document.getElementById("swipe-on").addEventListener("change", (event) => {
+    state.panes.t1.compare.setVisible(event.target.checked || state.flicker);
+  });
+  document.getElementById("swipe").addEventListener("input", rerender);
+  const opacity = document.getElementById("prob-opacity");
+  opacity.addEventListener("input", () => {
+    for (const pane of Object.values(state.panes)) pane.probability.setOpacity(Number(opacity.value) / 100);
+  });
+  const threshold = document.getElementById("prob-threshold");
+  threshold.value = Math.round(state.config.threshold * 100);
+  document.getElementById("threshold-value").textContent = state.config.threshold.toFixed(2);
+  threshold.addEventListener("change", () => {
+    state.threshold = Number(threshold.value) / 100;
+    document.getElementById("threshold-value").textContent = state.threshold.toFixed(2);
+    for (const pane of Object.values(state.panes)) pane.probability.getSource().setUrl(state.probabilityUrl());
+  });
+  document.getElementById("prob-on").addEventListener("change", (event) => {
+    for (const pane of Object.values(state.panes)) pane.probability.setVisible(event.target.checked);
+  });
+}
+
+function setupKeys(config) {
+  const list = document.getElementById("keys");
+  for (const [key, meaning] of Object.entries(config.keys)) {
+    list.insertAdjacentHTML("beforeend", "<dt></dt><dd></dd>");
+    list.lastElementChild.previousElementSibling.textContent = key;
+    list.lastElementChild.textContent = meaning;
+  }
+  const toggle = (id) => { const box = document.getElementById(id); box.checked = !box.checked; box.dispatchEvent(new Event("change")); };
+  const actions = {
+    a: () => act("accepted"), r: () => act("rejected"), n: () => goTo(1), p: () => goTo(-1),
+    d: () => setMode("draw"), e: () => setMode("edit"), g: () => setMode("grow"), z: undo,
+    Delete: () => act("rejected"), Escape: () => { state.draw.abortDrawing(); setMode(null); },
+    s: () => toggle("swipe-on"), o: () => toggle("prob-on"),
+  };
+  document.addEventListener("keydown", (event) => {
+    if (event.target.tagName === "INPUT" && event.target.type !== "range" && event.target.type !== "checkbox") return;
+    if (event.key === "f" && !event.repeat) { state.flicker = true; state.panes.t1.compare.setVisible(true); rerenderAll(); return; }
+    const action = actions[event.key] || (event.key === "z" && (event.ctrlKey || event.metaKey) ? undo : null);
+    if (action) { event.preventDefault(); action(); }
+  });
+  document.addEventListener("keyup", (event) => {
+    if (event.key !== "f") return;
+    state.flicker = false;
+    state.panes.t1.compare.setVisible(document.getElementById("swipe-on").checked);
+    rerenderAll();
+  });
+}
+
+function rerenderAll() { for (const pane of Object.values(state.panes)) pane.map.render(); }
+
+function say(text) { document.getElementById("message").textContent = text; }
+
+function updateStatus() {
+  const candidates = state.features.getFeatures().filter((f) => f.get("source") === "detection");
+  const reviewed = candidates.filter((f) => f.get("status") !== "pending").length;
+  document.getElementById("progress").textContent = `reviewed ${reviewed} / ${candidates.length}`;
+  const unsaved = document.getElementById("unsaved");
+  unsaved.textContent = state.ops.length ? `${state.ops.length} unsaved` : "all saved";
+  unsaved.className = state.ops.length ? "unsaved" : "saved";
+  const feature = state.current && state.features.getFeatureById(state.current);
+  document.getElementById("candidate").textContent = feature
+    ? `candidate ${state.index + 1} / ${state.queue.length}: ${feature.get("status")}, p̄ ${Number(feature.get("mean_prob")).toFixed(2)}`
+    : "candidate –";
+}
+
+main().catch((error) => { say(`failed to start: ${error}`); throw error; });
