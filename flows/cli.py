@@ -299,5 +299,9 @@ def serve(
     ingest_flow.serve(name=name, cron=cron, parameters={"config_path": str(config.resolve())}, limit=1)
 
 
+from flows.review import review_app  # at the end: its commands use this module's console and user_errors
+
+app.add_typer(review_app, name="review")
+
 if __name__ == "__main__":
     app()
