@@ -12,11 +12,13 @@ For each real labelled scene of ../shared/data (see its README.md):
   `changeflow detect` runs the best checkpoint (by val IoU, val being part of the training half) over
   the whole right half, prepared as a group of its own; fold "R→L" the other way round. The test half is
   never seen by training or model selection. The row reports the metrics of both test halves pooled
-  (confusion counts summed) and each fold's F1.
-
-`changeflow train` has epochs and no step budget, so the budget is met by choosing
-epochs = ceil(steps / steps-per-epoch), steps-per-epoch = floor(train tiles / batch) (1 when there are
-no more tiles than the batch); the steps actually run are recorded.
+  (confusion counts summed) and each fold's F1. The budget is `train.max_steps`; `--change-share` sets
+  `train.sampling.change_share` (class-balanced crops). Each fold also runs the scene kind's pseudo-label
+  method (optical: IR-MAD, SAR: log-ratio, heterogeneous: NPSG; fixed by kind, not chosen on labels) with
+  `changeflow detect` on the test half, so trained and label-free are compared on the same pixels.
+- **trained from pseudo-labels** (`fc_siam_diff_pseudo`): the same, but `train.pseudo_labels:
+  {method: <the kind's method>, keep_labels: false}`: the training half's labels are not used at all —
+  train and val labels are the confident pixels of the label-free map of the training half.
 
 Conversions done here (the rest is read by `changeflow prepare` as shipped):
 
@@ -44,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -64,7 +65,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 GAP = 16
 LABEL_FREE = ("cva", "irmad", "log_ratio", "mean_ratio", "npsg")
-TRAINED = ("fc_siam_diff",)
+TRAINED = ("fc_siam_diff", "fc_siam_diff_pseudo")
+PSEUDO_METHOD = {"optical": "irmad", "sar": "log_ratio", "heterogeneous": "npsg"}
 KIND_METHODS = {"optical": ("cva", "irmad", "npsg"), "sar": ("log_ratio", "mean_ratio", "npsg"),
                 "heterogeneous": ("npsg",)}
 
@@ -355,17 +357,22 @@ def run_label_free(scene: Scene, methods: list[str], args: argparse.Namespace, r
     return rows
 
 
-def train_steps_epochs(prepared: Path, batch: int, steps: int) -> tuple[int, int, int]:
-    """(epochs, steps per epoch, train tiles) that give at least ``steps`` optimiser steps."""
-    report = json.loads((prepared / "prepare_report.json").read_text())
-    tiles = int(report["splits"]["train"]["tiles"])
-    per_epoch = tiles // batch if tiles > batch else 1
-    return max(1, math.ceil(steps / per_epoch)), per_epoch, tiles
+def train_config(scene: Scene, method: str, prepared: Path, args: argparse.Namespace) -> dict:
+    """`changeflow train` settings of a fold: FC-Siam-diff, the step budget, optionally pseudo-labels."""
+    a, b = scene.modalities
+    config = {"data": str(prepared), "model": "fc_siam_diff", "inputs": ["A", "B"],
+              "modalities": {"A": a, "B": b, "C": "optical"}, "max_steps": args.steps, "batch_size": args.batch,
+              "lr": args.lr, "seed": args.seed, "workers": 0, "device": "cpu"}
+    if args.change_share:
+        config["sampling"] = {"change_share": args.change_share}
+    if method.endswith("_pseudo"):
+        config["pseudo_labels"] = {"method": PSEUDO_METHOD[scene.kind], "keep_labels": False}
+    return config
 
 
-def run_fold(scene: Scene, model: str, fold: str, halves: dict, args: argparse.Namespace, run: Runner) -> dict:
+def run_fold(scene: Scene, method: str, fold: str, halves: dict, args: argparse.Namespace, run: Runner) -> dict:
     train_side, test_side = ("left", "right") if fold == "L→R" else ("right", "left")
-    root = args.workdir / scene.name / f"{model}_{train_side}_to_{test_side}"
+    root = args.workdir / scene.name / f"{method}_{train_side}_to_{test_side}"
     group = scene.pairs[0].group
     result: dict = {"fold": fold, "train_half": train_side, "test_half": test_side}
     train_prep = root / "prepared_train"
@@ -379,18 +386,16 @@ def run_fold(scene: Scene, model: str, fold: str, halves: dict, args: argparse.N
     for name, step in (("prepare train half", prep), ("prepare test half", prep_test)):
         if step["rc"] != 0:
             return {**result, "error": f"{name}: {step['error']}"}
-    epochs, per_epoch, tiles = train_steps_epochs(train_prep, args.batch, args.steps)
     splits = json.loads((train_prep / "prepare_report.json").read_text())["splits"]
-    result.update(epochs=epochs, steps=epochs * per_epoch, train_tiles=tiles, val_tiles=splits["val"]["tiles"])
-    a, b = scene.modalities
-    train_config = {"data": str(train_prep), "model": model, "inputs": ["A", "B"],
-                    "modalities": {"A": a, "B": b, "C": "optical"}, "epochs": epochs, "batch_size": args.batch,
-                    "lr": args.lr, "seed": args.seed, "workers": 0, "device": "cpu"}
+    result.update(train_tiles=splits["train"]["tiles"], val_tiles=splits["val"]["tiles"])
     model_dir = root / "model"
-    trained = run("train", train_config, root / "train.yaml", model_dir)
+    trained = run("train", train_config(scene, method, train_prep, args), root / "train.yaml", model_dir)
     result["train_cpu_s"], result["train_wall_s"] = trained["cpu_s"], trained["wall_s"]
     if trained["rc"] != 0:
         return {**result, "error": f"train: {trained['error']}"}
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    result.update(steps=metrics["steps"], epochs=metrics["epochs_run"], best_epoch=metrics["best_epoch"],
+                  stopped=metrics["stopped"])
     out = root / "detect"
     det = run("detect", {"prepared": str(test_prep), "checkpoint": str(model_dir / "best.pt"), "device": "cpu",
                          "batch_size": 16}, root / "detect.yaml", out)
@@ -398,25 +403,41 @@ def run_fold(scene: Scene, model: str, fold: str, halves: dict, args: argparse.N
     if det["rc"] != 0:
         return {**result, "error": f"detect: {det['error']}"}
     result.update(report_metrics(out, f"{group}_{test_side}"))
+    result["label_free"] = label_free_on_half(scene, test_prep, f"{group}_{test_side}", root, run)
     return result
 
 
-def run_trained(scene: Scene, model: str, args: argparse.Namespace, run: Runner) -> dict:
+def label_free_on_half(scene: Scene, prepared: Path, group: str, root: Path, run: Runner) -> dict:
+    """The kind's pseudo-label method on the prepared test half: the label-free figure on the same pixels."""
+    method = PSEUDO_METHOD[scene.kind]
+    out = root / f"detect_{method}"
+    det = run("detect", {"prepared": str(prepared), "method": method, "device": "cpu"}, root / f"detect_{method}.yaml",
+              out)
+    if det["rc"] != 0:
+        return {"method": method, "error": det["error"]}
+    return {"method": method, **report_metrics(out, group)}
+
+
+def run_trained(scene: Scene, method: str, args: argparse.Namespace, run: Runner) -> dict:
     halves = write_halves(args.data, scene, args.workdir / "inputs")
     folds = []
     for fold in ("L→R", "R→L"):
         started = time.perf_counter()
-        folds.append(run_fold(scene, model, fold, halves, args, run))
+        folds.append(run_fold(scene, method, fold, halves, args, run))
         done = folds[-1]
         text = (f"F1 {done['f1']:.3f} kappa {done['kappa']:.3f}" if "f1" in done else f"error: {done['error']}")
-        print(f"  {scene.name:12s} {model} fold {fold}: {text} ({time.perf_counter() - started:.0f} s wall, "
+        print(f"  {scene.name:12s} {method} fold {fold}: {text} ({time.perf_counter() - started:.0f} s wall, "
               f"{done.get('steps', '?')} steps)", flush=True)
-    row = {"scene": scene.name, "method": model,
+    row = {"scene": scene.name, "method": method,
            "protocol": f"train on one half, detect on the other ({args.steps} steps, batch {args.batch}, "
                        f"{args.tile}² tiles), both folds pooled", "folds": folds}
     scored = [fold for fold in folds if "f1" in fold]
     if scored:
         row.update(from_counts(*[sum(fold[key] for fold in scored) for key in ("tp", "fp", "fn", "tn")]))
+        halves_free = [fold["label_free"] for fold in scored if "f1" in fold.get("label_free", {})]
+        if len(halves_free) == len(scored):
+            counts = [sum(half[key] for half in halves_free) for key in ("tp", "fp", "fn", "tn")]
+            row["label_free_same_halves"] = {"method": halves_free[0]["method"], **from_counts(*counts)}
         row["cpu_s"] = round(sum(fold.get("train_cpu_s", 0) + fold.get("detect_cpu_s", 0) for fold in folds), 1)
     if len(scored) < len(folds):
         row["error"] = "; ".join(f"fold {fold['fold']}: {fold['error']}" for fold in folds if "error" in fold)
@@ -454,6 +475,9 @@ def markdown(results: dict) -> str:
             notes.append("folds F1 " + " / ".join(f"{fold['fold']} {fold['f1']:.3f}" if "f1" in fold
                                                    else f"{fold['fold']} failed" for fold in row["folds"]))
             notes.append("steps " + " / ".join(str(fold.get("steps", "–")) for fold in row["folds"]))
+            same = row.get("label_free_same_halves")
+            if same:
+                notes.append(f"{same['method']} on the same halves κ {same['kappa']:.3f} / F1 {same['f1']:.3f}")
             protocol = "half → other half"
         else:
             notes.append(f"method {row['method_s']:.1f} s")
@@ -479,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--tile", type=int, default=64, help="Training tile side (stride half of it).")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--change-share", type=float, default=0.5,
+                        help="train.sampling.change_share (0: one shuffled pass over the tiles per epoch).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--coregister", action="store_true", help="Turn prepare's co-registration on.")
     parser.add_argument("--black-value", type=float, default=-1.0,
@@ -491,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir = args.workdir.resolve()
     run = Runner(args.workdir)
     settings = {"steps": args.steps, "batch": args.batch, "tile": args.tile, "stride": args.tile // 2,
-                "lr": args.lr, "seed": args.seed, "gap_px": GAP, "coregistration": bool(args.coregister),
+                "lr": args.lr, "change_share": args.change_share, "pseudo_methods": PSEUDO_METHOD, "seed": args.seed, "gap_px": GAP, "coregistration": bool(args.coregister),
                 "black_value": args.black_value, "split_train_half": {"train": 0.8, "val": 0.2}}
     rows: list[dict] = []
     for name in args.scenes:
