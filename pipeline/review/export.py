@@ -60,8 +60,8 @@ def _label_blocks(group: ReviewGroup, no_change: list, change: list) -> Iterator
             window = Window(col, row, min(BLOCK, grid.width - col), min(BLOCK, grid.height - row))
             transform = window_transform(window, grid.transform)
             block = np.full((int(window.height), int(window.width)), NODATA_U8, dtype=np.uint8)
-            left, top = transform * (0, 0)
-            right, bottom = transform * (window.width, window.height)
+            left, top = transform @ (0, 0)
+            right, bottom = transform @ (window.width, window.height)
             area = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
             for tree, geometries, value in trees:
                 hits = tree.query(area, predicate="intersects") if geometries else []

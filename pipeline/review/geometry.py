@@ -51,10 +51,12 @@ def checked_geometry(geojson: Any, extent: tuple[float, float, float, float],
         raise GeometryProblem(f"{len(coordinates)} vertices, more than the {max_vertices} allowed")
     if not np.isfinite(coordinates).all():
         raise GeometryProblem("coordinates that are not finite numbers")
-    if geometry.is_empty or geometry.area <= 0:
+    if geometry.is_empty:
         raise GeometryProblem("an empty geometry (no area)")
     if not geometry.is_valid:
         raise GeometryProblem(f"an invalid geometry: {explain_validity(geometry)}")
+    if geometry.area <= 0:
+        raise GeometryProblem("an empty geometry (no area)")
     if not box(*extent).covers(geometry):
         raise GeometryProblem(f"a geometry outside the group's extent {tuple(round(v, 3) for v in extent)} "
                               f"(its bounds {tuple(round(v, 3) for v in geometry.bounds)})")

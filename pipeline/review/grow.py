@@ -54,7 +54,7 @@ def grow_region(group: ReviewGroup, x: float, y: float, threshold: float, radius
         NothingToGrow: the point is outside the grid, on nodata, or its probability is not above the threshold.
     """
     grid = group.grid
-    col, row = (int(np.floor(v)) for v in ~grid.transform * (x, y))
+    col, row = (int(np.floor(v)) for v in ~grid.transform @ (x, y))
     if not (0 <= row < grid.height and 0 <= col < grid.width):
         raise NothingToGrow(f"the point ({x:.2f}, {y:.2f}) is outside the group's grid")
     window = Window(max(0, col - radius), max(0, row - radius), 0, 0)
