@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ from pipeline.learn.sampling import DrawnSamples, epoch_draws, planned_epochs, s
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 
 METRICS_CSV = "metrics.csv"
+# How long the other ranks wait for rank 0's validation and checkpoints (see rank_0_wait_group).
+RANK_0_WAIT = timedelta(hours=24)
 
 log = logging.getLogger(__name__)
 
@@ -523,25 +526,26 @@ def train(
     device = resolve_device(config.device, ddp.local_rank)
     if ddp.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    waits = rank_0_wait_group()
     if config.pseudo_labels is not None:
         if ddp.is_main:
             writable_folder(out)
             with output_errors(out):
                 build_pseudo_labels(load_index(config.data, config.folder_labels), config, out)
-        _wait_for_rank_0(device)
+        _wait_for_rank_0(waits)
     run = _setup(config, out, ddp, device, resume)
     writable_folder(out)
     with output_errors(out):  # metrics.csv and TensorBoard: a full disk is one line, not a traceback
         log = _Log(out, run.start_epoch) if ddp.is_main else None
         run.started = time.monotonic()
         for epoch in range(run.start_epoch, run.epochs):
-            if _from_rank_0(run.finished()):
+            if _from_rank_0(run.finished(), waits):
                 break
             train_values, lr = _train_epoch(run, epoch, progress)
             if ddp.is_main:
                 _validate_and_checkpoint(run, epoch, train_values, lr, log)
-            _wait_for_rank_0(device)
-            run.stopped = _from_rank_0(run.stopped)
+            _wait_for_rank_0(waits)
+            run.stopped = _from_rank_0(run.stopped, waits)
             run.epochs_run = epoch + 1
     result: dict[str, Any] = {}
     if ddp.is_main:
@@ -685,26 +689,37 @@ def _train_step(run: _Run, batch: dict[str, torch.Tensor], progress: float) -> d
     return parts
 
 
-def _wait_for_rank_0(device: torch.device) -> None:
+def rank_0_wait_group() -> dist.ProcessGroup | None:
+    """Under torchrun, a CPU (gloo) group for the ranks to wait on while rank 0 validates and saves.
+
+    Its own timeout (:data:`RANK_0_WAIT`), not the training collectives' (NCCL: 10 min by default),
+    bounds that wait: a validation longer than the NCCL timeout no longer kills the job. Every rank
+    must call it, at the same point.
+
+    Returns:
+        The group, or None without a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    return dist.new_group(backend="gloo", timeout=RANK_0_WAIT)
+
+
+def _wait_for_rank_0(group: dist.ProcessGroup | None) -> None:
     """Under torchrun, every rank waits here while rank 0 validates and saves.
 
     Without it the other ranks run on into the next epoch's gradient all-reduce and wait there,
-    out of step with rank 0.
+    out of step with rank 0, under the collectives' timeout.
     """
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    if device.type == "cuda" and device.index is not None:
-        dist.barrier(device_ids=[device.index])  # NCCL: the barrier on this rank's own GPU
-    else:
-        dist.barrier()
+    if group is not None:
+        dist.barrier(group=group)
 
 
-def _from_rank_0(value: Any) -> Any:
+def _from_rank_0(value: Any, group: dist.ProcessGroup | None) -> Any:
     """Rank 0's value on every rank (under torchrun; the value itself otherwise)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if group is None:
         return value
     shared = [value]
-    dist.broadcast_object_list(shared, src=0)
+    dist.broadcast_object_list(shared, src=0, group=group)
     return shared[0]
 
 
