@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from affine import Affine
 from shapely.geometry import box
 
+from pipeline.config import TilingConfig
+from pipeline.prepare.grid import GroupGrid
 from pipeline.prepare.split import BlockStats, assign_splits, fit_block_tiles, isolation_conflicts
+from pipeline.prepare.tiling import tile_windows
 
 RATIOS = {"train": 0.7, "val": 0.15, "test": 0.15}
 
@@ -91,3 +95,55 @@ def test_too_few_blocks_even_at_one_tile_is_a_note_not_an_error():
     # One-tile blocks help even when they are still too few: two splits instead of one.
     plan = fit_block_tiles([(600, 256)], size=256, block_tiles=4, ratios=RATIOS_622)
     assert (plan.used, plan.blocks) == (1, 2) and "some splits stay empty" in plan.note
+
+
+def _split_scene(width: int, height: int, size: int, stride: int, block_tiles: int, ratios: dict) -> tuple:
+    """Prepare's split path on one pixel-space grid: block plan → windows → block splits → isolation.
+
+    Every third block holds change, so the change constraint is exercised as well as the ratios.
+    """
+    plan = fit_block_tiles([(width, height)], size, block_tiles, ratios)
+    windows = tile_windows("g", GroupGrid(None, Affine.identity(), width, height), TilingConfig(size=size, stride=stride),
+                           plan.used)
+    blocks = {}
+    for window in windows:
+        key = ("g", *window.block)
+        old = blocks.get(key, BlockStats(0, 0, 0))
+        change = 100 if (window.block[0] + window.block[1]) % 3 == 0 else 0
+        blocks[key] = BlockStats(old.tiles + 1, old.change_pixels + change, old.labelled_pixels + size * size)
+    block_split = assign_splits(blocks, ratios, 666)
+    splits = {w.tile_id: block_split[("g", *w.block)] for w in windows}
+    footprints = [(w.tile_id, splits[w.tile_id], box(w.window.col_off, w.window.row_off,
+                                                     w.window.col_off + size, w.window.row_off + size))
+                  for w in windows]
+    return plan, splits, isolation_conflicts(footprints)
+
+
+# (width, height) of scenes of 1, 2, 4 and 9 blocks' worth of tiles at block_tiles 4 (a 1024 px block,
+# 1 px gap between blocks), and issue 11's 800² scene (less than one block).
+SCENES = {"800² (issue 11)": (800, 800), "1 block": (1024, 1024), "2 blocks": (2049, 1024),
+          "4 blocks": (2049, 2049), "9 blocks": (3074, 3074)}
+
+
+@pytest.mark.parametrize("scene", list(SCENES))
+@pytest.mark.parametrize("ratios", [RATIOS_622, RATIOS], ids=["60-20-20", "70-15-15"])
+def test_every_split_gets_tiles_and_splits_never_touch_at_any_scene_size(scene, ratios):
+    plan, splits, conflicts = _split_scene(*SCENES[scene], size=256, stride=128, block_tiles=4, ratios=ratios)
+    counts = {split: sum(1 for s in splits.values() if s == split) for split in ("train", "val", "test")}
+    assert min(counts.values()) > 0, (scene, plan, counts)
+    assert counts["train"] > max(counts["val"], counts["test"])
+    assert conflicts == []  # blocks are 1 px apart: no tile of one split touches another split's
+    assert plan.blocks >= plan.needed and (plan.note is None) == (plan.used == 4)
+
+
+def test_the_800_px_scene_of_issue_11_gets_36_tiles_in_all_three_splits():
+    plan, splits, _ = _split_scene(800, 800, size=256, stride=128, block_tiles=4, ratios=RATIOS_622)
+    counts = {split: sum(1 for s in splits.values() if s == split) for split in ("train", "val", "test")}
+    assert (plan.used, plan.blocks, len(splits)) == (1, 9, 36)  # 9 one-tile blocks of 2 × 2 windows
+    assert counts == {"train": 20, "val": 8, "test": 8}
+
+
+def test_nine_blocks_keep_the_configured_block_size():
+    plan, splits, _ = _split_scene(3074, 3074, size=256, stride=128, block_tiles=4, ratios=RATIOS_622)
+    assert (plan.used, plan.blocks, plan.note) == (4, 9, None)
+    assert len(splits) == 9 * 7 * 7  # 7 × 7 windows of stride 128 in each 1024 px block
