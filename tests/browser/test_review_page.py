@@ -1,0 +1,172 @@
+"""The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
+
+The page loads both panes; a drag in one pane moves the other; a candidate accepted, one rejected and a
+polygon drawn with the mouse reach the store; the export has the expected label pixels; a screenshot is
+kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips
+with the reason when the browser or its driver is not installed (`make test` installs them as root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import uvicorn
+
+from pipeline.review.app import create_app
+from pipeline.review.candidates import open_store
+from pipeline.review.export import export_review
+from pipeline.review.group import open_review_group
+from pipeline.review.tiles import TileSource
+from tests.pipeline.review.scene import CHANGES, FALSE_ALARM, pixel_box, write_scene
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,800")
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    missing = [str(p) for p in (CHROMIUM, DRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (apt-get install chromium chromium-driver; "
+                    "`make test` does it as root)")
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager look for a driver online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def served(tmp_path):
+    scene = write_scene(tmp_path / "scene")
+    group = open_review_group(scene.prepared, scene.detections)
+    store = open_store(group, tmp_path / "review")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(group, store, TileSource(group), reviewer="selenium")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield group, store, f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _wait(driver, script: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for: {script}")
+
+
+def _centres(driver) -> list[list[float]]:
+    """The map coordinate at the centre pixel of each pane, as each pane last rendered it."""
+    return driver.execute_script(
+        "return ['t1', 't2'].map((p) => { const m = review.panes[p].map; const s = m.getSize();"
+        " return m.getCoordinateFromPixel([s[0] / 2, s[1] / 2]); });")
+
+
+def _click_at(driver, actions, x: float, y: float) -> None:
+    """Click the t1 pane at map coordinate (x, y)."""
+    element = driver.find_element("id", "map-t1")
+    px, py = driver.execute_script(f"return review.panes.t1.map.getPixelFromCoordinate([{x}, {y}]);")
+    size = element.size
+    actions.move_to_element_with_offset(element, round(px - size["width"] / 2), round(py - size["height"] / 2))
+    actions.click().pause(0.3)
+
+
+def _candidate(store, square) -> dict:
+    target = shapely.box(*pixel_box(*square))
+    return next(f for f in store.features() if shapely.from_wkb(f["detection_geometry"] or f["geometry"]).equals(target))
+
+
+def test_review_page_end_to_end(browser, served, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    group, store, url = served
+    browser.get(url)
+    _wait(browser, "return window.review && review.ready && review.tilesLoaded >= 4")
+    assert browser.execute_script("return review.tileErrors") == 0
+    assert browser.execute_script("return document.querySelectorAll('#map-t1 canvas, #map-t2 canvas').length") >= 2
+    assert browser.find_element("id", "progress").text == "reviewed 0 / 4"
+    assert "accept the current candidate" in browser.find_element("id", "keys").text
+
+    # panning one pane moves the other
+    before = _centres(browser)
+    drag = ActionChains(browser).move_to_element(browser.find_element("id", "map-t1")).click_and_hold()
+    for _ in range(4):  # in steps, as a hand moves: OpenLayers pans on pointer moves while the button is down
+        drag.move_by_offset(30, 15)
+    drag.release().perform()
+    _wait(browser, f"return review.view.getCenter()[0] !== {before[0][0]}")
+    time.sleep(0.5)  # both panes render the moved view
+    after = _centres(browser)
+    assert after[0] != before[0]
+    np.testing.assert_allclose(after[1], after[0], atol=1e-6)
+    assert after[0][0] < before[0][0] and after[0][1] > before[0][1]  # dragged right and down: view moves left, up
+
+    # the queue starts with the most uncertain candidate: the false alarm; reject it, accept the next
+    body = browser.find_element("tag name", "body")
+    body.send_keys("n")
+    body.send_keys("r")
+    body.send_keys("n")
+    body.send_keys("a")
+
+    # draw the missed (faint) change with the mouse
+    row, col, side = CHANGES[3]
+    left, bottom, right, top = pixel_box(row, col, side)
+    browser.execute_script(f"review.view.fit([{left - 40}, {bottom - 40}, {right + 40}, {top + 40}]);")
+    time.sleep(0.5)
+    body.send_keys("d")
+    actions = ActionChains(browser)
+    for x, y in ((left, top), (right, top), (right, bottom), (left, bottom), (left, top)):
+        _click_at(browser, actions, x, y)
+    actions.perform()
+    _wait(browser, "return review.ops.length === 0 && document.getElementById('unsaved').textContent === 'all saved'")
+    screenshot = tmp_path / "review.png"
+    browser.save_screenshot(str(screenshot))
+    if os.environ.get("CHANGEFLOW_TEST_ARTEFACTS"):
+        shutil.copy(screenshot, Path(os.environ["CHANGEFLOW_TEST_ARTEFACTS"]) / "review.png")
+
+    assert _candidate(store, FALSE_ALARM)["status"] == "rejected"
+    assert _candidate(store, CHANGES[1])["status"] == "accepted"  # largest of the p 0.9 candidates
+    added = [f for f in store.features() if f["status"] == "added"]
+    assert len(added) == 1 and added[0]["reviewer"] == "selenium"
+    drawn = shapely.from_wkb(added[0]["geometry"])
+    truth = shapely.box(left, bottom, right, top)
+    assert drawn.intersection(truth).area / drawn.union(truth).area > 0.9
+    assert browser.find_element("id", "progress").text == "reviewed 2 / 4"
+
+    summary = export_review(group, store, tmp_path / "export")
+    with rasterio.open(summary["label"]) as dataset:
+        label = dataset.read(1)
+    r, c, s = FALSE_ALARM
+    assert (label[r:r + s, c:c + s] == 0).all()
+    r, c, s = CHANGES[1]
+    assert (label[r:r + s, c:c + s] == 1).all()
+    r, c, s = CHANGES[3]
+    assert (label[r + 1:r + s - 1, c + 1:c + s - 1] == 1).all()  # the mouse lands within a pixel of the corners
+    r, c, s = CHANGES[0]
+    assert (label[r:r + s, c:c + s] == 255).all()  # not reviewed
