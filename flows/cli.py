@@ -16,7 +16,8 @@ from rich.markup import escape
 
 from flows.interrupt import stop_cleanly
 from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
-from pipeline.errors import ChangeflowError, InputError
+from pipeline.errors import ChangeflowError
+from pipeline.io.write_errors import folder_or_creatable
 
 # No telemetry from the embedded Prefect server: machines may have no network.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -57,27 +58,6 @@ def _not_a_user_error(record: logging.LogRecord) -> bool:
     return not (record.exc_info and isinstance(record.exc_info[1], ChangeflowError))
 
 
-def output_folder(out: Path) -> Path:
-    """``out`` when it is a folder or can be made one; checked before a command writes anything.
-
-    Args:
-        out: the ``--out`` of a command.
-
-    Returns:
-        ``out``.
-
-    Raises:
-        InputError: ``out``, or a path above it, exists and is not a folder (naming it).
-    """
-    # The nearest existing path decides; a dangling link counts as existing (mkdir would fail on it).
-    nearest = next((p for p in (out, *out.parents) if p.exists() or p.is_symlink()), None)
-    if nearest is not None and not nearest.is_dir():
-        if nearest == out:
-            raise InputError(out, "is not a folder; --out must name a folder")
-        raise InputError(nearest, f"is not a folder, so --out {out} cannot be created")
-    return out
-
-
 @app.callback()
 def main(
     debug_option: bool = typer.Option(
@@ -101,7 +81,7 @@ def prepare(
 ) -> None:
     """Catalog, group, co-register and tile scenes into a leakage-free train/val/test split."""
     with user_errors():
-        output_folder(out)
+        folder_or_creatable(out, "--out")
         load_config(config, PrepareConfig)
         from flows.prepare import run_prepare
 
@@ -163,7 +143,7 @@ def train_command(
     from pipeline.learn.train import distributed_from_env, train
 
     with user_errors():
-        output_folder(out)
+        folder_or_creatable(out, "--out")
     try:
         settings = load_config(config, TrainConfig)
         if device is not None:
@@ -202,7 +182,7 @@ def detect(
 ) -> None:
     """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports."""
     with user_errors():
-        output_folder(out)
+        folder_or_creatable(out, "--out")
         load_config(config, DetectConfig)
         from flows.detect import detect_flow
 
@@ -218,7 +198,7 @@ def run(
 ) -> None:
     """Prepare, train, detect and evaluate from one config (the end-to-end job)."""
     with user_errors():
-        output_folder(out)
+        folder_or_creatable(out, "--out")
         settings = load_config(config, RunConfig)
         if settings.trains:
             settings.train_config(out / "prepared")

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.errors import ChangeflowError, OutputError
+from pipeline.errors import ChangeflowError, InputError, OutputError
 
 NO_SPACE = "no space left on device"
 QUOTA = "disk quota exceeded"
@@ -94,6 +94,28 @@ def output_errors(path: Path | str) -> Iterator[None]:
         if problem is None:
             raise
         raise OutputError(path, problem) from exc
+
+
+def folder_or_creatable(folder: Path, setting: str) -> Path:
+    """``folder`` when it is a folder or can be made one; checked before a command writes anything.
+
+    Args:
+        folder: an output folder given by the user.
+        setting: how the user gave it, for the message (``--out``, ``workspace``).
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        InputError: ``folder``, or a path above it, exists and is not a folder (naming it).
+    """
+    # The nearest existing path decides; a dangling link counts as existing (mkdir would fail on it).
+    nearest = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if nearest is not None and not nearest.is_dir():
+        if nearest == folder:
+            raise InputError(folder, f"is not a folder; {setting} must name a folder")
+        raise InputError(nearest, f"is not a folder, so {setting} {folder} cannot be created")
+    return folder
 
 
 def writable_folder(folder: Path | str) -> Path:
