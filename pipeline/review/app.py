@@ -23,7 +23,7 @@ from shapely.geometry import mapping
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipeline.review.geometry import GeometryProblem, checked_geometry
-from pipeline.review.group import ReviewGroup
+from pipeline.review.group import CELL_PX, ReviewGroup
 from pipeline.review.grow import NothingToGrow, grow_region
 from pipeline.review.store import Conflict, ReviewError, ReviewStore, UnknownFeature
 from pipeline.review.tiles import PROBABILITY_LAYER, NoTile, TileSource
@@ -36,6 +36,7 @@ KEYS = {  # shown on the page; the page's script binds the same keys
     "g": "click-to-grow from the probability", "Delete": "delete the selected drawn feature / reject a candidate",
     "z (Ctrl+Z)": "undo", "Escape": "stop drawing / editing", "f (hold)": "flicker: show t2 in the t1 pane",
     "s": "swipe on / off", "o": "probability overlay on / off",
+    "c": "mark the review cell under the cursor reviewed / not reviewed",
 }
 
 
@@ -47,6 +48,15 @@ class NewFeature(BaseModel):
     feature_class: int = Field(default=1, alias="class", ge=0, le=254)
     comment: str = Field(default="", max_length=2000)
     uuid: str | None = Field(default=None, pattern=r"^[0-9a-fA-F-]{8,64}$")
+    op_id: str | None = Field(default=None, max_length=64)
+    reviewer: str | None = Field(default=None, max_length=100)
+
+
+class CellMark(BaseModel):
+    """A review cell marked reviewed or not."""
+
+    model_config = ConfigDict(extra="forbid")
+    reviewed: bool
     op_id: str | None = Field(default=None, max_length=64)
     reviewer: str | None = Field(default=None, max_length=100)
 
@@ -191,6 +201,19 @@ def create_app(group: ReviewGroup, store: ReviewStore, tiles: TileSource, *, tok
             raise HTTPException(422, str(exc)) from None
         return {"geometry": mapping(grown.geometry), "n_pixels": grown.n_pixels, "mean_prob": grown.mean_prob,
                 "clipped": grown.clipped}
+
+    @app.get("/api/cells")
+    def cells() -> dict[str, Any]:
+        rows, cols = group.grid.cells()
+        return {"cell_px": CELL_PX, "rows": rows, "cols": cols, "reviewed": store.reviewed_cells()}
+
+    @app.put("/api/cells/{row}/{col}", dependencies=[Depends(write_access)])
+    def mark_cell(row: int, col: int, body: CellMark) -> dict[str, Any]:
+        rows, cols = group.grid.cells()
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise HTTPException(422, f"no review cell ({row}, {col}): the grid has {rows} x {cols}")
+        store.mark_cell(row, col, body.reviewed, body.reviewer or reviewer, op_id=body.op_id)
+        return {"row": row, "col": col, "reviewed": body.reviewed}
 
     @app.get("/api/log")
     def log() -> list[dict[str, Any]]:

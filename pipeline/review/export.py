@@ -4,8 +4,9 @@ The label is what ``changeflow prepare`` reads as role ``label`` (values 0 / 1, 
 ``auto`` encoding reads it as ``change01``):
 
 - 1 change: accepted, edited and added features;
-- 0 reviewed no change: the areas of rejected candidates, and the detection's outline of an edited
-  candidate outside its edited geometry;
+- 0 reviewed no change: review cells marked reviewed (what the reviewer did not mark as change there
+  is no change), the areas of rejected candidates, and the detection's outline of an edited candidate
+  outside its edited geometry;
 - 255 not reviewed (nodata, ignored in training): everything else, pending candidates included.
 
 Change is burnt after no change, so it wins where they overlap. The label is rasterised block by
@@ -51,15 +52,20 @@ def _burn_lists(features: list[dict]) -> tuple[list[shapely.Geometry], list[shap
     return no_change, change
 
 
-def _label_blocks(group: ReviewGroup, no_change: list, change: list) -> Iterator[tuple[Window, np.ndarray]]:
-    """(window, (1, h, w) uint8) blocks of the label, rasterised from the geometries that touch each block."""
+def _label_blocks(group: ReviewGroup, no_change: list, change: list,
+                  cells: list[tuple[int, int]]) -> Iterator[tuple[Window, np.ndarray]]:
+    """(window, (1, h, w) uint8) blocks of the label: reviewed cells 0, then the geometries touching each block."""
     grid = group.grid
+    reviewed = [grid.cell_window(row, col) for row, col in cells]
     trees = [(shapely.STRtree(geometries), geometries, value) for value, geometries in ((0, no_change), (1, change))]
     for row in range(0, grid.height, BLOCK):
         for col in range(0, grid.width, BLOCK):
             window = Window(col, row, min(BLOCK, grid.width - col), min(BLOCK, grid.height - row))
             transform = window_transform(window, grid.transform)
             block = np.full((int(window.height), int(window.width)), NODATA_U8, dtype=np.uint8)
+            for cell in (cell for cell in reviewed if _overlaps(cell, window)):
+                rows, cols = cell.intersection(window).toslices()
+                block[rows.start - row:rows.stop - row, cols.start - col:cols.stop - col] = 0
             left, top = transform @ (0, 0)
             right, bottom = transform @ (window.width, window.height)
             area = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
@@ -68,6 +74,12 @@ def _label_blocks(group: ReviewGroup, no_change: list, change: list) -> Iterator
                 if len(hits):
                     rasterize([(geometries[i], value) for i in hits], out=block, transform=transform)
             yield window, block[np.newaxis]
+
+
+def _overlaps(a: Window, b: Window) -> bool:
+    """Whether two pixel windows share a pixel."""
+    return a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width and \
+        a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height
 
 
 def _frame(group: ReviewGroup, store: ReviewStore, features: list[dict]) -> gpd.GeoDataFrame:
@@ -116,10 +128,11 @@ def export_review(group: ReviewGroup, store: ReviewStore, out: Path) -> dict:
                "transform": grid.transform, "nodata": NODATA_U8}
     tags = {"GROUP": group.name, "VALUES": "1 change, 0 reviewed no change, 255 not reviewed",
             "REVIEW_STORE": str(store.path), **{f"DETECTION_{k.upper()}": v for k, v in group.provenance.items()}}
-    write_cog_from_blocks(out / LABEL, profile, counted(_label_blocks(group, no_change, change)),
+    write_cog_from_blocks(out / LABEL, profile, counted(_label_blocks(group, no_change, change, store.reviewed_cells())),
                           staging=out / f".{LABEL}.staging.tif", categorical=True, tags=tags)
     return {
         "gpkg": str(out / GPKG), "label": str(out / LABEL),
         "features": dict(Counter(feature["status"] for feature in features)),
         "pixels": {str(value): count for value, count in sorted(pixels.items())},
+        "reviewed_cells": len(store.reviewed_cells()),
     }

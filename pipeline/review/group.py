@@ -18,6 +18,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import Affine
+from rasterio.windows import Window
 
 from pipeline.errors import ChangeflowError, InputError
 from pipeline.io.paths import contained, name_problem
@@ -27,6 +28,7 @@ PROBABILITY = "change_probability.tif"
 CLASSES = "change_class.tif"
 POLYGONS = "changes.gpkg"
 DEFAULT_THRESHOLD = 0.5
+CELL_PX = 512  # side of a review cell in pixels (a reviewer marks a cell reviewed when done with it)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,15 @@ class Grid:
         left, top = self.transform @ (0, 0)
         right, bottom = self.transform @ (self.width, self.height)
         return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
+
+    def cells(self, cell_px: int = CELL_PX) -> tuple[int, int]:
+        """(rows, cols) of review cells of ``cell_px`` pixels covering the grid from its top-left corner."""
+        return -(-self.height // cell_px), -(-self.width // cell_px)
+
+    def cell_window(self, row: int, col: int, cell_px: int = CELL_PX) -> Window:
+        """The pixel window of a review cell (cut at the grid's edge)."""
+        return Window(col * cell_px, row * cell_px, min(cell_px, self.width - col * cell_px),
+                      min(cell_px, self.height - row * cell_px))
 
     @property
     def resolution(self) -> float:

@@ -62,6 +62,14 @@ CREATE TABLE IF NOT EXISTS ops (
     version INTEGER,
     payload TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cells (
+    row INTEGER NOT NULL,
+    col INTEGER NOT NULL,
+    reviewed INTEGER NOT NULL,
+    reviewer TEXT,
+    updated_utc TEXT NOT NULL,
+    PRIMARY KEY (row, col)
+);
 CREATE INDEX IF NOT EXISTS ops_op_id ON ops (op_id);
 CREATE TRIGGER IF NOT EXISTS ops_append_only_update BEFORE UPDATE ON ops
     BEGIN SELECT RAISE(ABORT, 'the operation log is append-only'); END;
@@ -209,6 +217,31 @@ class ReviewStore:
         for row in rows:
             row["payload"] = json.loads(row["payload"])
         return rows
+
+    def reviewed_cells(self) -> list[tuple[int, int]]:
+        """The review cells marked reviewed, as (row, col), sorted."""
+        with self._connection() as connection:
+            rows = connection.execute("SELECT row, col FROM cells WHERE reviewed = 1 ORDER BY row, col")
+            return [(row["row"], row["col"]) for row in rows]
+
+    def mark_cell(self, row: int, col: int, reviewed: bool, reviewer: str, op_id: str | None = None) -> None:
+        """Mark a review cell reviewed (the reviewer has seen all of it: what is not change there is no change) or not.
+
+        Args:
+            row: the cell's row (cells of ``cell_px`` pixels from the grid's top-left corner).
+            col: its column.
+            reviewed: the new mark.
+            reviewer: who marks it.
+            op_id: the client's operation id, logged.
+        """
+        with self.transaction() as connection:
+            connection.execute(
+                "INSERT INTO cells (row, col, reviewed, reviewer, updated_utc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (row, col) DO UPDATE SET reviewed = excluded.reviewed, reviewer = excluded.reviewer, "
+                "updated_utc = excluded.updated_utc",
+                (row, col, int(reviewed), reviewer, utc_now()),
+            )
+            _log(connection, op_id, f"cell:{row}:{col}", "cell", "applied", reviewer, None, None, {"reviewed": reviewed})
 
     def queue(self, threshold: float) -> list[str]:
         """The candidates in review order: most uncertain first (mean_prob nearest the threshold), then largest.

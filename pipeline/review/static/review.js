@@ -33,13 +33,15 @@ async function main() {
   const probabilityUrl = () => `/tiles/probability/{z}/{x}/{y}.png?threshold=${state.threshold}`;
   state.threshold = config.threshold;
   const features = new ol.source.Vector();
+  const cells = new ol.source.Vector();
   const panes = {};
   for (const pane of ["t1", "t2"]) {
     const image = new ol.layer.Tile({ source: tiles(imageUrl(config[pane])) });
     const probability = new ol.layer.Tile({ source: tiles(probabilityUrl()), opacity: 0.5 });
     const vectors = new ol.layer.Vector({ source: features, style: featureStyle });
     const cursor = new ol.layer.Vector({ source: new ol.source.Vector(), style: cursorStyle() });
-    const layers = [image, probability, vectors, cursor];
+    const grid = new ol.layer.Vector({ source: cells, style: cellStyle });
+    const layers = [image, probability, grid, vectors, cursor];
     let compare = null;
     if (pane === "t1") {  // t2 imagery over t1, shown by swipe or flicker
       compare = new ol.layer.Tile({ source: tiles(imageUrl(config.t2)), visible: false });
@@ -53,6 +55,7 @@ async function main() {
   state.panes = panes;
   state.view = view;
   state.features = features;
+  state.cells = cells;
   state.tiles = tiles;
   state.imageUrl = imageUrl;
   state.probabilityUrl = probabilityUrl;
@@ -62,7 +65,7 @@ async function main() {
   setupInteractions();
   setupControls();
   setupKeys(config);
-  await loadFeatures();
+  await Promise.all([loadFeatures(), loadCells()]);
   setInterval(sendOps, 2000);  // retries what could not be sent
   window.addEventListener("beforeunload", (event) => {
     if (state.ops.length) { event.preventDefault(); event.returnValue = ""; }
@@ -86,6 +89,45 @@ function featureStyle(feature) {
   ];
 }
 
+function cellStyle(cell) {
+  const reviewed = cell.get("reviewed");
+  return new ol.style.Style({
+    stroke: new ol.style.Stroke({ color: reviewed ? "rgba(80,220,120,0.8)" : "rgba(255,255,255,0.25)", width: 1 }),
+    fill: new ol.style.Fill({ color: reviewed ? "rgba(80,220,120,0.12)" : "rgba(0,0,0,0)" }),
+  });
+}
+
+async function loadCells() {
+  const grid = await (await fetch("/api/cells")).json();
+  const [left, top] = state.config.origin;
+  const step = grid.cell_px * state.config.resolutions[state.config.resolutions.length - 1];
+  const [, bottom, right] = state.config.extent;
+  const reviewed = new Set(grid.reviewed.map(([row, col]) => `${row}:${col}`));
+  state.cellGrid = grid;
+  for (let row = 0; row < grid.rows; row += 1) {
+    for (let col = 0; col < grid.cols; col += 1) {
+      const extent = [left + col * step, Math.max(bottom, top - (row + 1) * step),
+                      Math.min(right, left + (col + 1) * step), top - row * step];
+      const cell = new ol.Feature({ geometry: ol.geom.Polygon.fromExtent(extent), row, col,
+                                    reviewed: reviewed.has(`${row}:${col}`) });
+      cell.setId(`${row}:${col}`);
+      state.cells.addFeature(cell);
+    }
+  }
+  updateStatus();
+}
+
+function toggleCell(at) {
+  const point = at || state.pointer;
+  if (!point || !state.cellGrid) { say("move the pointer over a cell first"); return; }
+  const [left, top] = state.config.origin;
+  const step = state.cellGrid.cell_px * state.config.resolutions[state.config.resolutions.length - 1];
+  const cell = state.cells.getFeatureById(`${Math.floor((top - point[1]) / step)}:${Math.floor((point[0] - left) / step)}`);
+  if (!cell) return;
+  cell.set("reviewed", !cell.get("reviewed"));
+  enqueue({ kind: "cell", row: cell.get("row"), col: cell.get("col"), body: { reviewed: cell.get("reviewed") } });
+}
+
 function cursorStyle() {
   return new ol.style.Style({
     image: new ol.style.RegularShape({ points: 4, radius: 10, radius2: 0, angle: Math.PI / 4,
@@ -95,6 +137,7 @@ function cursorStyle() {
 
 function mirrorCursor(from, to) {
   from.map.on("pointermove", (event) => {
+    state.pointer = event.coordinate;
     const source = to.cursor.getSource();
     source.clear();
     source.addFeature(new ol.Feature(new ol.geom.Point(event.coordinate)));
@@ -179,6 +222,8 @@ async function sendOps() {
       try {
         if (op.kind === "add") {
           response = await write("POST", "/api/features", { ...op.body, uuid: op.uuid, op_id: op.op_id });
+        } else if (op.kind === "cell") {
+          response = await write("PUT", `/api/cells/${op.row}/${op.col}`, { ...op.body, op_id: op.op_id });
         } else {
           const version = feature ? feature.get("version") : 0;
           response = await write("PATCH", `/api/features/${op.uuid}`, { ...op.body, version, op_id: op.op_id });
@@ -189,7 +234,7 @@ async function sendOps() {
       }
       const answer = await response.json();
       if (response.ok) {
-        applyServer(answer);
+        if (op.kind !== "cell") applyServer(answer);
         say("");
       } else if (response.status === 409) {
         applyServer(answer.current);
@@ -334,6 +379,7 @@ function setupControls() {
   on("reject", () => act("rejected"));
   on("delete", () => act("rejected"));
   on("undo", undo);
+  on("cell", () => toggleCell(state.view.getCenter()));
   on("draw", () => setMode("draw"));
   on("edit", () => setMode("edit"));
   on("grow", () => setMode("grow"));
@@ -371,7 +417,7 @@ function setupKeys(config) {
     a: () => act("accepted"), r: () => act("rejected"), n: () => goTo(1), p: () => goTo(-1),
     d: () => setMode("draw"), e: () => setMode("edit"), g: () => setMode("grow"), z: undo,
     Delete: () => act("rejected"), Escape: () => { state.draw.abortDrawing(); setMode(null); },
-    s: () => toggle("swipe-on"), o: () => toggle("prob-on"),
+    s: () => toggle("swipe-on"), o: () => toggle("prob-on"), c: () => toggleCell(),
   };
   document.addEventListener("keydown", (event) => {
     if (event.target.tagName === "INPUT" && event.target.type !== "range" && event.target.type !== "checkbox") return;
@@ -394,7 +440,10 @@ function say(text) { document.getElementById("message").textContent = text; }
 function updateStatus() {
   const candidates = state.features.getFeatures().filter((f) => f.get("source") === "detection");
   const reviewed = candidates.filter((f) => f.get("status") !== "pending").length;
+  const cells = state.cells ? state.cells.getFeatures() : [];
+  const done = cells.filter((c) => c.get("reviewed")).length;
   document.getElementById("progress").textContent = `reviewed ${reviewed} / ${candidates.length}`;
+  document.getElementById("cells").textContent = `cells ${done} / ${cells.length}`;
   const unsaved = document.getElementById("unsaved");
   unsaved.textContent = state.ops.length ? `${state.ops.length} unsaved` : "all saved";
   unsaved.className = state.ops.length ? "unsaved" : "saved";

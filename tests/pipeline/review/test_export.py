@@ -114,3 +114,20 @@ def test_grow_finds_the_connected_region_above_the_threshold(client):
     refused = client.get(f"/api/grow?x={x}&y={y}&threshold=0.5")
     assert refused.status_code == 422 and "not above the threshold" in refused.json()["detail"]
     assert client.get("/api/grow?x=0&y=0").status_code == 422
+
+
+def test_reviewed_cells_are_no_change_where_nothing_else_is_said(client, store, group, tmp_path):
+    assert client.get("/api/cells").json() == {"cell_px": 512, "rows": 2, "cols": 2, "reviewed": []}
+    assert client.put("/api/cells/0/1", json={"reviewed": True}).status_code == 403
+    assert client.put("/api/cells/2/0", json={"reviewed": True}, headers=WRITE).status_code == 422
+    for row, col, reviewed in ((0, 1, True), (1, 0, True), (1, 0, False)):
+        answer = client.put(f"/api/cells/{row}/{col}", json={"reviewed": reviewed}, headers=WRITE)
+        assert answer.status_code == 200
+    assert client.get("/api/cells").json()["reviewed"] == [[0, 1]]
+    assert [op["uuid"] for op in store.log() if op["op"] == "cell"] == ["cell:0:1", "cell:1:0", "cell:1:0"]
+    summary = export_review(group, store, tmp_path / "export")
+    with rasterio.open(summary["label"]) as dataset:
+        label = dataset.read(1)
+    assert (label[:512, 512:] == 0).all()  # cell (0, 1): 512 rows x 88 columns, no candidate in it
+    assert (label[:, :512] == 255).all() and (label[512:] == 255).all()
+    assert summary["reviewed_cells"] == 1 and summary["pixels"]["0"] == 512 * 88
