@@ -39,7 +39,7 @@ POLYGONS = "changes.gpkg"
 
 
 def prepared_groups(prepared: Path, names: list[str] | None) -> list[Path]:
-    """Finished group folders of a prepare output (those with a manifest).
+    """Finished group folders of a prepare output (those with a manifest, not hidden).
 
     Args:
         prepared: a ``changeflow prepare`` output folder.
@@ -51,7 +51,8 @@ def prepared_groups(prepared: Path, names: list[str] | None) -> list[Path]:
     Raises:
         ChangeflowError: if a named group is not there, or there is no group at all.
     """
-    folders = sorted(p.parent for p in (prepared / "groups").glob("*/manifest.json"))
+    # A hidden folder is a group still being built (or abandoned) by a prepare: not a group yet.
+    folders = sorted(p.parent for p in (prepared / "groups").glob("*/manifest.json") if not p.parent.name.startswith("."))
     if names is not None:
         known = {p.name for p in folders}
         missing = sorted(set(names) - known)
