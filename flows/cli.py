@@ -179,15 +179,29 @@ def _train_resume(out: Path) -> str:
 def detect(
     config: Path = typer.Option(..., "--config", "-c", help="YAML detect config (prepared folder, checkpoint)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: COGs, GeoPackage and reports per group."),
+    dask_address: str | None = typer.Option(
+        None, "--dask-address", help="Detect the groups as tasks on this Dask scheduler (tcp://HOST:PORT)."
+    ),
 ) -> None:
-    """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports."""
+    """Detect changes over whole prepared scene groups: COG rasters, GeoPackage polygons, reports.
+
+    Under torchrun every rank computes a share of each scene's blocks and rank 0 writes the outputs.
+    """
+    from pipeline.detect.shard import Shard
+
+    shard = Shard.from_env()
     with user_errors():
         folder_or_creatable(out, "--out")
-        load_config(config, DetectConfig)
-        from flows.detect import detect_flow
+        settings = load_config(config, DetectConfig)
+        if shard.world_size > 1 and (dask_address or settings.dask_address):
+            raise ChangeflowError("give either a Dask cluster (--dask-address / dask_address) or torchrun, not both")
+        from flows.detect import follow_detection, run_detect
 
+        if shard.rank > 0:  # a plain process: rank 0 runs the flow and writes
+            console.print(f"rank {shard.rank}: {follow_detection(config, out, shard)} blocks computed")
+            return
         with stop_cleanly(f"{RESUME} (finished blocks are kept)"):
-            summaries = detect_flow(str(config), str(out), True)
+            summaries = run_detect(config, out, dask_address=dask_address, progress=True)
     _print_detections(summaries)
 
 

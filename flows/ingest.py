@@ -18,12 +18,15 @@ scene re-opens its group. Serve it with ``changeflow serve --config ingest.yaml 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow
 
 from flows.gpu import gpu_slot, uses_gpu
 from pipeline.config import IngestConfig, load_config
+from pipeline.detect.cluster import connect
 from pipeline.detect.staging import new_run_id
 from pipeline.ingest.ingest_pass import IngestPass
 from pipeline.ingest.preflight import check_ingest_config
@@ -34,8 +37,9 @@ def ingest_flow(config_path: str) -> dict:
     """One ingestion pass over the inbox; returns its record (see :class:`pipeline.ingest.ingest_pass.IngestPass`)."""
     config = load_config(Path(config_path), IngestConfig)
     check_ingest_config(config)
-    gpu = uses_gpu(config.detect_config().device)
-    with IngestPass(config, new_run_id()) as ingest:
+    address = config.detect_config().dask_address
+    gpu = uses_gpu(config.detect_config().device) and not address  # on a cluster, Dask resources gate the GPUs
+    with cluster_client(address), IngestPass(config, new_run_id()) as ingest:
         for run_id, names in ingest.recover().items():
             print(f"returned to the inbox from stopped pass {run_id}: {', '.join(names) or 'nothing'}")
         claimed = ingest.claim()
@@ -48,3 +52,18 @@ def ingest_flow(config_path: str) -> dict:
     for name, pending in report["pending"].items():
         print(f"pending {name} (attempt {pending['attempts']} of {config.max_attempts}): {pending['error']}")
     return report
+
+
+@contextmanager
+def cluster_client(address: str | None) -> Iterator[None]:
+    """The Dask client of ``address`` as the current one for the pass: with ``detect.block_tasks`` each
+    group's blocks become tasks on that cluster. Nothing without an address.
+
+    Raises:
+        ChangeflowError: the scheduler cannot be reached (before anything is claimed).
+    """
+    if not address:
+        yield
+        return
+    with connect(address) as client, client.as_current():
+        yield
