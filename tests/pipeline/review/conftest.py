@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -9,12 +11,20 @@ from pipeline.review.app import TOKEN_HEADER, create_app
 from pipeline.review.candidates import open_store
 from pipeline.review.group import open_review_group
 from pipeline.review.tiles import TileSource
-from tests.pipeline.review.scene import write_scene
+from tests.pipeline.review.scene import Scene, write_scene
+
+
+@pytest.fixture(scope="session")
+def scene_template(tmp_path_factory):
+    return write_scene(tmp_path_factory.mktemp("review-scene"))
 
 
 @pytest.fixture
-def scene(tmp_path):
-    return write_scene(tmp_path)
+def scene(scene_template, tmp_path):
+    """A fresh copy of the scene per test (tests may break it)."""
+    root = scene_template.prepared.parent
+    shutil.copytree(root, tmp_path / "scene")
+    return Scene(tmp_path / "scene" / "prepared", tmp_path / "scene" / "detect", scene_template.group)
 
 
 @pytest.fixture
