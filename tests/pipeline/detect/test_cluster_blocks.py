@@ -16,11 +16,12 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 import models
 from pipeline.detect.blocks import BlockJob, assemble, stage_block
+from pipeline.detect.cluster import check_workers, device_resources, stage_on_cluster
 from pipeline.detect.inference import model_loads
 from pipeline.detect.setup import set_up
 from pipeline.detect.sliding import DetectSettings, detect_group
 from pipeline.detect.staging import Staging
-from pipeline.errors import ChangeflowError
+from pipeline.errors import ChangeflowError, ConfigError, InputError
 from pipeline.learn.checkpoint import save_checkpoint
 from pipeline.learn.normalization import BandStats
 from tests.conftest import write_raster
@@ -159,3 +160,20 @@ def test_a_block_task_with_other_inputs_refuses_to_stage(scene, tmp_path):
     with pytest.raises(ChangeflowError, match="differ from the writer's"):
         stage_block(job, (0, 0))
     assert not (tmp_path / "staging").exists()
+
+
+def test_cuda_on_a_cluster_without_gpu_workers_is_refused(client):
+    with pytest.raises(ConfigError, match=r"device 'cuda' asks for a GPU but no worker of the Dask cluster at tcp://"):
+        device_resources(client, "cuda")
+    assert device_resources(client, "auto") is None and device_resources(client, "cpu") is None
+
+
+def test_a_checkpoint_no_worker_can_read_is_named_with_the_worker(scene, client, tmp_path):
+    group, _ = scene
+    missing = tmp_path / "elsewhere" / "model.pt"
+    with pytest.raises(InputError, match=r"model\.pt: not found on Dask worker tcp://127\.0\.0\.1:\d+; every worker"):
+        check_workers(client, [group, missing])
+    job = BlockJob(group, missing, BLOCK_TASKS, tmp_path / "staging", "fingerprint")
+    with pytest.raises(InputError, match="not found on Dask worker"):
+        stage_on_cluster(client, job, [(0, 0)], Staging(tmp_path / "staging"))
+    assert not (tmp_path / "staging").exists()  # nothing staged
