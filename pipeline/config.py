@@ -555,12 +555,16 @@ class RunConfig(StrictModel):
 
     ``train`` and ``detect`` take the keys of TrainConfig and DetectConfig except the paths the
     run fills in (``data``; ``prepared`` and ``checkpoint``). With a label-free ``detect.method`` and
-    no ``train`` section the run does not train.
+    no ``train`` section the run does not train. ``compare`` names label-free methods that also detect
+    every group, with the ``detect`` settings, to be compared with the trained model.
     """
 
     prepare: PrepareConfig
     train: dict[str, Any] = Field(default_factory=dict)
     detect: dict[str, Any] = Field(default_factory=dict)
+    compare: list[LabelFreeMethod] = Field(
+        default_factory=list, description="Label-free methods run beside the trained model; the run writes "
+        "comparison.md / comparison.json with their scores side by side (groups with a label).")
     # The configs the free-form sections become: their paths resolve against this file's folder too.
     sections: ClassVar[dict[str, type[StrictModel]]] = {"train": TrainConfig, "detect": DetectConfig}
 
@@ -599,6 +603,21 @@ class RunConfig(StrictModel):
         # A label-free `method` replaces the trained checkpoint.
         model = {} if self.detect.get("method") else {"checkpoint": checkpoint}
         return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, **model})
+
+    def compare_config(self, prepared: Path, method: str) -> DetectConfig:
+        """The detection config of one ``compare`` method: the ``detect`` keys with ``method`` instead of a model.
+
+        Args:
+            prepared: the prepare output folder of the run.
+            method: a label-free method of ``compare``.
+
+        Returns:
+            The validated DetectConfig.
+
+        Raises:
+            ConfigError: a ``detect`` key is unknown or has a bad value (the message names section and key).
+        """
+        return _section(DetectConfig, "detect", {**self.detect, "prepared": prepared, "method": method})
 
 
 def _section(model: type[StrictModel], name: str, values: dict[str, Any]) -> Any:
