@@ -21,6 +21,17 @@ built from:
   run resumes to identical rasters; run ids and the resume fingerprint;
 - :mod:`~pipeline.detect.output`: staged blocks → COGs with georeferencing and provenance tags.
 
+Scale-out (the same rasters, bit for bit, as one process with the same torch thread count):
+
+- :mod:`~pipeline.detect.setup`: settings, and the checks and model (process cache) every process
+  computing blocks sets up alike;
+- :mod:`~pipeline.detect.blocks`: one block as a task (own sums + carries staged), one writer completing them;
+- :mod:`~pipeline.detect.cluster`: a Dask cluster: reaching it, the ``GPU`` resource, worker checks, block tasks;
+- :mod:`~pipeline.detect.shard`: torchrun ranks sharing a scene's blocks through the staging folder.
+
+For notebooks, :mod:`~pipeline.detect.results`: ``open_results(DET)`` → ``{group: xarray.Dataset}``
+(``from pipeline.detect import open_results``).
+
 After detection:
 
 - :mod:`~pipeline.detect.vectorize`: class (+ probability) raster → GeoPackage of change polygons;
@@ -29,3 +40,13 @@ After detection:
 - :mod:`~pipeline.detect.report`: metrics, timings, config (+ quick-look rasters) → ``report.md`` /
   ``report.json`` / ``quicklook.png``.
 """
+
+
+def __getattr__(name: str):
+    """``open_results`` and ``open_group_results`` (:mod:`~pipeline.detect.results`), imported on first use
+    so that detection itself does not load xarray."""
+    if name in ("open_results", "open_group_results"):
+        from pipeline.detect import results
+
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
