@@ -120,7 +120,8 @@ def _checkpoint_sha(checkpoint: Path) -> str:
         raise InputError(checkpoint, f"checkpoint cannot be read ({exc.strerror or exc})") from None
 
 
-def set_up(group_dir: Path, checkpoint: Path, settings: DetectSettings, provenance: dict[str, str] | None) -> Run:
+def set_up(group_dir: Path, checkpoint: Path, settings: DetectSettings, provenance: dict[str, str] | None,
+           tag_device: str | None = None) -> Run:
     """Check the inputs against the checkpoint, take the model and lay out the scene.
 
     Under torchrun a bare ``cuda`` (or ``auto``) is the rank's GPU (``LOCAL_RANK``).
@@ -130,6 +131,8 @@ def set_up(group_dir: Path, checkpoint: Path, settings: DetectSettings, provenan
         checkpoint: an inference-ready checkpoint.
         settings: the detection settings.
         provenance: tags for the outputs (default: the scene ids of the group's manifest).
+        tag_device: the device type the tags name when the blocks are computed elsewhere (block tasks on
+            GPU workers); None for this process's device.
 
     Returns:
         The run.
@@ -158,7 +161,7 @@ def set_up(group_dir: Path, checkpoint: Path, settings: DetectSettings, provenan
         **({"prompt": prompt} if prompt is not None else {}),
     }
     run_fingerprint = fingerprint(checkpoint_sha, inputs, fingerprinted)
-    detect_settings = {**fingerprinted, "batch_size": settings.batch_size, "device": device.type}
+    detect_settings = {**fingerprinted, "batch_size": settings.batch_size, "device": tag_device or device.type}
     tags = {
         **(provenance if provenance is not None else default_provenance(group_dir)),
         "GROUP": inputs.group,

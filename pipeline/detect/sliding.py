@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.detect.accumulate import Blender, accumulate_blocks
 from pipeline.detect.blocks import BlockJob, assemble
-from pipeline.detect.cluster import dask_client, stage_on_cluster
+from pipeline.detect.cluster import dask_client, device_resources, stage_on_cluster
 from pipeline.detect.output import OutputPaths, existing_run, write_rasters
 from pipeline.detect.reading import window_batches
 from pipeline.detect.setup import DetectSettings, Run, set_up, torch_threads
@@ -85,28 +87,28 @@ def _compute_blocks(
         accumulate_blocks(blocks, run.layout, blender, batches, staging, encoding, settings.batch_size, on_block)
 
 
-def _compute_elsewhere(run: Run, job: BlockJob, blocks: list[Block], staging: Staging,
-                       on_block: Callable[[int], None]) -> bool:
-    """Blocks as tasks: on the Dask cluster at hand (``block_tasks``) or shared by torchrun's ranks.
+@contextmanager
+def _block_cluster(settings: DetectSettings) -> Iterator[Any]:
+    """The Dask client block tasks go to: only with ``block_tasks``, outside torchrun, when one is at hand."""
+    if not settings.block_tasks or Shard.from_env().world_size > 1:
+        yield None
+        return
+    with dask_client() as client:
+        yield client
 
-    Returns:
-        False when neither applies (the caller computes the blocks itself); else True, with every
-        block finished and recorded.
-    """
+
+def _compute(run: Run, job: BlockJob, blocks: list[Block], staging: Staging, on_block: Callable[[int], None],
+             client: Any) -> None:
+    """Compute ``blocks``: shared by torchrun's ranks, as tasks on the Dask ``client``, or here one by one."""
     shard = Shard.from_env()
-    encoding = (job.settings.probability_dtype, job.settings.threshold)
     if shard.world_size > 1:
         stage_shard(run, job, shard, staging)
-        assemble(staging, run, encoding, blocks, on_block)
-        return True
-    if not job.settings.block_tasks:
-        return False
-    with dask_client() as client:
-        if client is None:
-            return False
+    elif client is not None:
         stage_on_cluster(client, job, blocks, staging)
-    assemble(staging, run, encoding, blocks, on_block)
-    return True
+    else:
+        _compute_blocks(run, job.settings, blocks, staging, on_block)
+        return
+    assemble(staging, run, (job.settings.probability_dtype, job.settings.threshold), blocks, on_block)
 
 
 def detect_group(
@@ -154,25 +156,30 @@ def _detect(group_dir: Path, checkpoint: Path, out_dir: Path, settings: DetectSe
             provenance: dict[str, str] | None, progress: Progress | None, staging_dir: Path) -> DetectionResult:
     """:func:`detect_group` with its paths resolved, inside its thread setting."""
     started = time.perf_counter()
-    run = set_up(group_dir, checkpoint, settings, provenance)
-    paths = OutputPaths.in_folder(out_dir, run.classes_k)
-    blocks = run.layout.blocks()
-    megapixels = run.inputs.height * run.inputs.width / 1e6
-    staging = Staging(staging_dir)
-    if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
-        previous = existing_run(paths, {**run.tags, **({"RUN_ID": run_id} if run_id else {})})
-        if previous is not None:
-            return DetectionResult(paths.probability, paths.classes, 0, len(blocks), time.perf_counter() - started,
-                                   megapixels, len(blocks), previous, paths.semantic, run.prompt)
+    with _block_cluster(settings) as client:
+        tag_device = None
+        if client is not None:  # checked before anything is staged; this process then only plans and writes
+            tag_device = "cuda" if device_resources(client, settings.device) else "cpu"
+        run = set_up(group_dir, checkpoint, replace(settings, device="cpu") if tag_device else settings, provenance,
+                     tag_device)
+        paths = OutputPaths.in_folder(out_dir, run.classes_k)
+        blocks = run.layout.blocks()
+        megapixels = run.inputs.height * run.inputs.width / 1e6
+        staging = Staging(staging_dir)
+        if not staging.root.exists():  # finished outputs of the same run are kept (a rerun is a no-op)
+            previous = existing_run(paths, {**run.tags, **({"RUN_ID": run_id} if run_id else {})})
+            if previous is not None:
+                return DetectionResult(paths.probability, paths.classes, 0, len(blocks),
+                                       time.perf_counter() - started, megapixels, len(blocks), previous,
+                                       paths.semantic, run.prompt)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done, run_id = staging.open(run.fingerprint, run_id, [block_id(i, j) for i, j in blocks])
-    todo = blocks[len(done):]
-    announce = partial(_announce, progress, f"detect {run.inputs.group}", len(blocks))
-    announce(len(done))
-    job = BlockJob(group_dir, checkpoint, settings, staging.root, run.fingerprint)
-    if not _compute_elsewhere(run, job, todo, staging, announce):
-        _compute_blocks(run, settings, todo, staging, announce)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        done, run_id = staging.open(run.fingerprint, run_id, [block_id(i, j) for i, j in blocks])
+        todo = blocks[len(done):]
+        announce = partial(_announce, progress, f"detect {run.inputs.group}", len(blocks))
+        announce(len(done))
+        _compute(run, BlockJob(group_dir, checkpoint, settings, staging.root, run.fingerprint), todo, staging,
+                 announce, client)
     encoding = (settings.probability_dtype, settings.threshold)
     write_rasters(paths, staging, run.layout, run.inputs, {**run.tags, "RUN_ID": run_id}, encoding, run.classes_k)
     shutil.rmtree(staging.root, ignore_errors=True)

@@ -162,9 +162,11 @@ def test_a_block_task_with_other_inputs_refuses_to_stage(scene, tmp_path):
     assert not (tmp_path / "staging").exists()
 
 
-def test_cuda_on_a_cluster_without_gpu_workers_is_refused(client):
+def test_cuda_on_a_cluster_without_gpu_workers_is_refused_before_anything_is_staged(scene, client, tmp_path):
+    group, checkpoint = scene
     with pytest.raises(ConfigError, match=r"device 'cuda' asks for a GPU but no worker of the Dask cluster at tcp://"):
-        device_resources(client, "cuda")
+        detect_group(group, checkpoint, tmp_path / "out", replace(BLOCK_TASKS, device="cuda"))
+    assert not (tmp_path / "out").exists()
     assert device_resources(client, "auto") is None and device_resources(client, "cpu") is None
 
 
