@@ -452,6 +452,9 @@ class PseudoLabelConfig(StrictModel):
                           "0.5 + margin (change) or below 0.5 − margin (no change); the rest is ignored (255).")
     keep_labels: bool = Field(default=True, description="Where a tile has a real label (0 or 1) it wins; false: "
                               "train and validate on the pseudo-labels alone.")
+    self_training: bool = Field(default=False, description="One more round: the model trained on the method's "
+                                "labels (OUT/round1) re-labels the tiles with its confident pixels, then the final "
+                                "model trains on those (one process; not under torchrun).")
 
 
 class TrainConfig(StrictModel):
@@ -480,7 +483,7 @@ class TrainConfig(StrictModel):
     sampling: SamplingConfig = SamplingConfig()
     pseudo_labels: PseudoLabelConfig | None = Field(
         default=None, description="Train on the confident pixels of a label-free method's map (a method name "
-        "or {method, margin, keep_labels}).")
+        "or {method, margin, keep_labels, self_training}).")
     batch_size: int = Field(default=8, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-2, ge=0)

@@ -10,6 +10,11 @@ the pre-classifier. Real labels are never needed: with ``keep_labels`` a tile's 
 pseudo-labels only fill its unlabelled pixels; test tiles that have real labels keep them untouched, so
 the final test is never scored against (or trained on) the method's guesses.
 
+Self-training (``self_training: true``) adds one round: the model trained on the method's labels
+(``OUT/round1/``) re-labels the same tiles with its own confident pixels, and the final model is trained
+on those — the refinement step of Gong et al. 2016, where the network's output replaces the
+pre-classification.
+
 Files, under the training run's folder ``pseudo_labels/``: the method's probability rasters per group
 (``{method}/{group}/``, detection's COGs), one label tile per pseudo-labelled tile (``tiles/``) and
 ``pseudo_labels.json`` (settings, per-tile change fraction, per-split pixel counts).
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,7 @@ from pipeline.learn.dataset import read_label
 
 PSEUDO_DIR = "pseudo_labels"
 SUMMARY = "pseudo_labels.json"
+ROUND_ONE = "round1"  # self-training: the first round's run folder, inside the final run's
 
 
 def confident_labels(probability: np.ndarray, margin: float) -> np.ndarray:
@@ -90,27 +97,66 @@ def _write_label(path: Path, labels: np.ndarray, like: Path) -> None:
             dst.write(labels, 1)
 
 
-def _tile_labels(row: dict, probability: Path, margin: float, keep_labels: bool) -> np.ndarray:
-    """One tile's pseudo-labels from its window of the group's probability raster, real labels first."""
-    real = read_label(Path(row["label"]), row["label_format"]) if isinstance(row.get("label"), (str, Path)) else None
+def _map_window(row: dict, probability: Path) -> np.ndarray:
+    """A tile's window (its ``col_off`` / ``row_off`` and size) of its group's probability raster."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(row["A"]) as tile:
             height, width = tile.height, tile.width
         with rasterio.open(probability) as source:
             window = Window(int(row["col_off"]), int(row["row_off"]), width, height)
-            values = source.read(1, window=window, boundless=True, fill_value=np.nan)
-    labels = confident_labels(values, margin)
-    if real is not None and keep_labels:
-        labels = np.where(real != NODATA_U8, real, labels).astype(np.uint8)
-    return labels
+            return source.read(1, window=window, boundless=True, fill_value=np.nan)
+
+
+def write_pseudo_labels(index: pd.DataFrame, config: TrainConfig, out: Path,
+                        probability_of: Callable[[dict], np.ndarray], source: str) -> dict:
+    """Label tiles from per-tile change probabilities: confident pixels, real labels first where kept.
+
+    Train and val tiles are labelled (with ``keep_labels``, their real labels win where they are 0 or
+    1); test tiles only when they have no real label.
+
+    Args:
+        index: the tile index from :func:`~pipeline.learn.dataset.load_index` (its real labels).
+        config: the training config; its ``pseudo_labels`` is set.
+        out: the training run's folder.
+        probability_of: a tile's change probabilities (H, W), NaN = unknown, from its index row.
+        source: what the probabilities come from, for the summary.
+
+    Returns:
+        The summary written to ``out/pseudo_labels/pseudo_labels.json``.
+
+    Raises:
+        OutputError: a file cannot be written.
+    """
+    settings = config.pseudo_labels
+    folder = out / PSEUDO_DIR
+    fractions: dict[str, float] = {}
+    counts = {split: {"change": 0, "no_change": 0, "ignored": 0} for split in ("train", "val", "test")}
+    for row in index.to_dict("records"):
+        labelled = isinstance(row.get("label"), (str, Path))
+        if row["split"] == "test" and labelled:
+            continue  # real test labels are kept as they are
+        labels = confident_labels(probability_of(row), settings.margin)
+        if labelled and settings.keep_labels:
+            real = read_label(Path(row["label"]), row["label_format"])
+            labels = np.where(real != NODATA_U8, real, labels).astype(np.uint8)
+        _write_label(folder / "tiles" / f"{row['tile_id']}.tif", labels, Path(row["A"]))
+        change, no_change = int((labels == 1).sum()), int((labels == 0).sum())
+        fractions[row["tile_id"]] = change / (change + no_change) if change + no_change else 0.0
+        split = counts[row["split"]]
+        split["change"] += change
+        split["no_change"] += no_change
+        split["ignored"] += labels.size - change - no_change
+    summary = {"source": source, "method": settings.method, "margin": settings.margin,
+               "keep_labels": settings.keep_labels, "splits": counts, "tiles": fractions}
+    write_atomic(folder / SUMMARY, json.dumps(summary, indent=1))
+    return summary
 
 
 def build_pseudo_labels(index: pd.DataFrame, config: TrainConfig, out: Path) -> dict:
-    """Write the pseudo-label tiles of a training run and their summary.
+    """Write the pseudo-label tiles of a training run from the label-free method's maps, and their summary.
 
-    Train and val tiles are pseudo-labelled (with ``keep_labels``, their real labels win where they
-    are 0 or 1); test tiles only when they have no real label.
+    Which tiles and how real labels combine: :func:`write_pseudo_labels`.
 
     Args:
         index: the tile index from :func:`~pipeline.learn.dataset.load_index` (a prepare output's).
@@ -129,25 +175,8 @@ def build_pseudo_labels(index: pd.DataFrame, config: TrainConfig, out: Path) -> 
     if "col_off" not in index.columns or index["col_off"].isna().any():
         raise InputError(config.data, "pseudo_labels need a changeflow prepare output (the groups' grid rasters); "
                                       "a LEVIR-style folder has none")
-    folder = out / PSEUDO_DIR
-    maps = label_free_maps(config.data, sorted(index["group"].unique()), settings.method, folder)
-    fractions: dict[str, float] = {}
-    counts = {split: {"change": 0, "no_change": 0, "ignored": 0} for split in ("train", "val", "test")}
-    for row in index.to_dict("records"):
-        if row["split"] == "test" and isinstance(row.get("label"), (str, Path)):
-            continue  # real test labels are kept as they are
-        labels = _tile_labels(row, maps[row["group"]], settings.margin, settings.keep_labels)
-        _write_label(folder / "tiles" / f"{row['tile_id']}.tif", labels, Path(row["A"]))
-        change, no_change = int((labels == 1).sum()), int((labels == 0).sum())
-        fractions[row["tile_id"]] = change / (change + no_change) if change + no_change else 0.0
-        split = counts[row["split"]]
-        split["change"] += change
-        split["no_change"] += no_change
-        split["ignored"] += labels.size - change - no_change
-    summary = {"method": settings.method, "margin": settings.margin, "keep_labels": settings.keep_labels,
-               "splits": counts, "tiles": fractions}
-    write_atomic(folder / SUMMARY, json.dumps(summary, indent=1))
-    return summary
+    maps = label_free_maps(config.data, sorted(index["group"].unique()), settings.method, out / PSEUDO_DIR)
+    return write_pseudo_labels(index, config, out, lambda row: _map_window(row, maps[row["group"]]), settings.method)
 
 
 def with_pseudo_labels(index: pd.DataFrame, out: Path) -> pd.DataFrame:

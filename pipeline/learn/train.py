@@ -55,11 +55,12 @@ from pipeline.learn.dataset import (
 from pipeline.learn.device import resolve_device
 from pipeline.learn.metrics import as_floats, change_metrics
 from pipeline.learn.normalization import BandStats
-from pipeline.learn.pseudo_labels import build_pseudo_labels, with_pseudo_labels
+from pipeline.learn.pseudo_labels import ROUND_ONE, build_pseudo_labels, with_pseudo_labels, write_pseudo_labels
 from pipeline.learn.sampling import DrawnSamples, epoch_draws, planned_epochs, steps_per_epoch
 from pipeline.learn.semantic_metrics import SemanticChangeMetrics
 
 METRICS_CSV = "metrics.csv"
+SPLITS = ("train", "val", "test")
 # How long the other ranks wait for rank 0's validation and checkpoints (see rank_0_wait_group).
 RANK_0_WAIT = timedelta(hours=24)
 
@@ -528,10 +529,7 @@ def train(
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     waits = rank_0_wait_group()
     if config.pseudo_labels is not None:
-        if ddp.is_main:
-            writable_folder(out)
-            with output_errors(out):
-                build_pseudo_labels(load_index(config.data, config.folder_labels), config, out)
+        _pseudo_labels(config, out, ddp, device, resume, progress)
         _wait_for_rank_0(waits)
     run = _setup(config, out, ddp, device, resume)
     writable_folder(out)
@@ -554,6 +552,53 @@ def train(
     if ddp.world_size > 1:
         dist.destroy_process_group()
     return result
+
+
+def _pseudo_labels(config: TrainConfig, out: Path, ddp: Distributed, device: torch.device, resume: bool,
+                   progress: Callable[[str, int, int], None] | None) -> None:
+    """Write the run's pseudo-labels (rank 0): from the label-free map, or, when self-training, from the
+    confident pixels of a first round trained on them in ``out/round1`` (trained here unless finished)."""
+    settings = config.pseudo_labels
+    index = load_index(config.data, config.folder_labels)
+    if not settings.self_training:
+        if ddp.is_main:
+            writable_folder(out)
+            with output_errors(out):
+                build_pseudo_labels(index, config, out)
+        return
+    if ddp.world_size > 1:
+        raise ConfigError("pseudo_labels.self_training runs in one process; train without torchrun")
+    first = out / ROUND_ONE
+    if not (first / "metrics.json").exists():
+        round_one = config.pseudo_labels.model_copy(update={"self_training": False})
+        train(config.model_copy(update={"pseudo_labels": round_one}), first,
+              resume=resume and (first / "last.pt").exists(), progress=progress)
+    with output_errors(out):
+        write_pseudo_labels(index, config, out, _tile_predictor(first / "best.pt", config, device),
+                            f"self-training on {ROUND_ONE}/best.pt")
+
+
+def _tile_predictor(checkpoint_path: Path, config: TrainConfig, device: torch.device) -> Callable[[dict], Any]:
+    """A tile's change probabilities (H, W) by a trained checkpoint, from the tile's index row."""
+    checkpoint = load_checkpoint(checkpoint_path, device)
+    model = build_model(checkpoint["model_name"], checkpoint["model_options"], {}).to(device)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    stats = {role: BandStats.from_dict(d) for role, d in checkpoint["normalization"].items()}
+    index = with_pseudo_labels(load_index(config.data, config.folder_labels), checkpoint_path.parent)
+    tiles = {split: TileDataset(index, split, stats, validity=checkpoint[POLICY_KEY]) for split in SPLITS}
+    positions = {tile: (split, i) for split, dataset in tiles.items() for i, tile in enumerate(dataset.rows.tile_id)}
+
+    @torch.no_grad()
+    def probability_of(row: dict) -> Any:
+        split, position = positions[row["tile_id"]]
+        sample = tiles[split][position]
+        batch = {key: value[None].to(device) for key, value in sample.items()}
+        with _autocast(device, config.amp):
+            logits = _forward(model, batch, config, teacher=False)["logits"]
+        return torch.softmax(logits.float(), dim=1)[0, 1].cpu().numpy()
+
+    return probability_of
 
 
 def _setup(config: TrainConfig, out: Path, ddp: Distributed, device: torch.device, resume: bool) -> _Run:
