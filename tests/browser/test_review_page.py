@@ -126,9 +126,19 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     assert after[0] != before[0]
     np.testing.assert_allclose(after[1], after[0], atol=1e-6)
     assert after[0][0] < before[0][0] and after[0][1] > before[0][1]  # dragged right and down: view moves left, up
+    # the cursor in t1 is mirrored into t2 at the same map coordinate
+    mirrored = browser.execute_script(
+        "const f = review.panes.t2.cursor.getSource().getFeatures(); return f.length ? f[0].getGeometry().getCoordinates() : null;")
+    assert mirrored is not None
+    np.testing.assert_allclose(mirrored, browser.execute_script("return review.pointer"))
+    # swipe (key s) shows t2 over t1 in the t1 pane, and hides it again
+    body = browser.find_element("tag name", "body")
+    body.send_keys("s")
+    assert browser.execute_script("return review.panes.t1.compare.getVisible()") is True
+    body.send_keys("s")
+    assert browser.execute_script("return review.panes.t1.compare.getVisible()") is False
 
     # the queue starts with the most uncertain candidate: the false alarm; reject it, accept the next
-    body = browser.find_element("tag name", "body")
     body.send_keys("n")
     body.send_keys("r")
     body.send_keys("n")

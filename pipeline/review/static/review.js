@@ -7,7 +7,7 @@ const STYLE_COLOURS = {
 };
 const state = {
   config: null, queue: [], index: -1, current: null, ops: [], sending: false, undo: [], mode: null,
-  tileErrors: 0, tilesLoaded: 0,
+  tileErrors: 0, tilesLoaded: 0, flicker: false,
 };
 
 async function main() {
@@ -307,6 +307,7 @@ function undo() {
   if (!feature) return;
   const body = {};
   if (step.geometry) { feature.setGeometry(new ol.format.GeoJSON().readGeometry(step.geometry)); body.geometry = step.geometry; }
+  if (step.featureClass !== undefined) body.class = step.featureClass;
   if (step.created) {
     body.status = "deleted";  // undoing a draw
   } else if (step.status) {
@@ -399,6 +400,13 @@ function setupControls() {
     state.threshold = Number(threshold.value) / 100;
     document.getElementById("threshold-value").textContent = state.threshold.toFixed(2);
     for (const pane of Object.values(state.panes)) pane.probability.getSource().setUrl(state.probabilityUrl());
+  });
+  document.getElementById("class").addEventListener("change", (event) => {
+    const feature = selected();
+    if (!feature || Number(event.target.value) === feature.get("class")) return;
+    state.undo.push({ uuid: feature.getId(), status: feature.get("status"), featureClass: feature.get("class") });
+    feature.set("class", Number(event.target.value));
+    enqueue({ kind: "update", uuid: feature.getId(), body: { class: Number(event.target.value) } });
   });
   document.getElementById("prob-on").addEventListener("change", (event) => {
     for (const pane of Object.values(state.panes)) pane.probability.setVisible(event.target.checked);
