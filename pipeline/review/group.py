@@ -25,7 +25,6 @@ from pipeline.io.paths import contained, name_problem
 
 IMAGE_ROLES = ("A", "B", "C")
 PROBABILITY = "change_probability.tif"
-CLASSES = "change_class.tif"
 POLYGONS = "changes.gpkg"
 DEFAULT_THRESHOLD = 0.5
 CELL_PX = 512  # side of a review cell in pixels (a reviewer marks a cell reviewed when done with it)
@@ -86,12 +85,6 @@ class ReviewGroup:
     def polygons(self) -> Path:
         """The detection's change polygons (layer ``changes``)."""
         return self.detection_dir / POLYGONS
-
-    @property
-    def truth(self) -> Path | None:
-        """The group's own change label on the grid, when prepare had one."""
-        path = self.group_dir / "grid" / "label.tif"
-        return path if path.exists() else None
 
 
 def _grid_of(path: Path) -> tuple[Grid, dict[str, str]]:

@@ -57,9 +57,8 @@ def grow_region(group: ReviewGroup, x: float, y: float, threshold: float, radius
     col, row = (int(np.floor(v)) for v in ~grid.transform @ (x, y))
     if not (0 <= row < grid.height and 0 <= col < grid.width):
         raise NothingToGrow(f"the point ({x:.2f}, {y:.2f}) is outside the group's grid")
-    window = Window(max(0, col - radius), max(0, row - radius), 0, 0)
-    window = Window(window.col_off, window.row_off, min(grid.width, col + radius + 1) - window.col_off,
-                    min(grid.height, row + radius + 1) - window.row_off)
+    left, top = max(0, col - radius), max(0, row - radius)
+    window = Window(left, top, min(grid.width, col + radius + 1) - left, min(grid.height, row + radius + 1) - top)
     with rasterio.open(group.probability) as dataset:
         raw = dataset.read(1, window=window, masked=True)
         transform = dataset.window_transform(window)

@@ -27,7 +27,6 @@ import shapely
 
 from pipeline.errors import InputError
 
-STATUSES = ("pending", "accepted", "rejected", "edited", "added", "deleted")
 REVIEWED = ("accepted", "rejected", "edited")  # a candidate's statuses once reviewed
 CHANGE = ("accepted", "edited", "added")  # statuses whose geometry is change
 DETECTION, REVIEWER = "detection", "reviewer"  # where a feature comes from
