@@ -104,7 +104,8 @@ def _start(scene, review_dir: Path, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            return server if httpx.get(f"http://127.0.0.1:{port}/api/config", timeout=2).status_code == 200 else server
+            httpx.get(f"http://127.0.0.1:{port}/api/config", timeout=2).raise_for_status()
+            return server
         except httpx.TransportError:
             assert server.poll() is None, server.stdout.read().decode()
             time.sleep(0.2)
