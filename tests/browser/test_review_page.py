@@ -1,7 +1,8 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
 
-The page loads both panes; a drag in one pane moves the other; a candidate accepted, one rejected and a
-polygon drawn with the mouse reach the store; the export has the expected label pixels; a screenshot is
+The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe toggles); a
+candidate accepted, one rejected and a polygon drawn with the mouse reach the store; a stale edit after
+another reviewer's is refused and shown as a conflict; the export has the expected label pixels; a screenshot is
 kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips
 with the reason when the browser or its driver is not installed (`make test` installs them as root).
 """
@@ -169,6 +170,23 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     assert drawn.intersection(truth).area / drawn.union(truth).area > 0.9
     assert browser.find_element("id", "progress").text == "reviewed 2 / 4"
 
+    # another reviewer accepts the next candidate first: rejecting it here is refused with their state shown
+    other = _candidate(store, CHANGES[0])
+    store.update(other["uuid"], 1, {"status": "accepted"}, "bob")
+    body.send_keys("n")
+    body.send_keys("r")
+    _wait(browser, "return document.getElementById('message').textContent.startsWith('conflict: bob')")
+    shown = "return review.features.getFeatureById(arguments[0]).getProperties()"
+    assert browser.execute_script(shown, other["uuid"])["status"] == "accepted"
+    assert _candidate(store, CHANGES[0])["reviewer"] == "bob"
+    assert [(op["outcome"], op["reviewer"]) for op in store.log() if op["uuid"] == other["uuid"] and op["op"] == "update"] \
+        == [("applied", "bob"), ("conflict", "selenium")]
+    # and the page picks up changes made elsewhere
+    last = _candidate(store, CHANGES[2])
+    store.update(last["uuid"], 1, {"status": "rejected"}, "bob")
+    browser.execute_script("return review.refresh()")
+    _wait(browser, f"return review.features.getFeatureById('{last['uuid']}').get('status') === 'rejected'")
+
     summary = export_review(group, store, tmp_path / "export")
     with rasterio.open(summary["label"]) as dataset:
         label = dataset.read(1)
@@ -179,4 +197,7 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     r, c, s = CHANGES[3]
     assert (label[r + 1:r + s - 1, c + 1:c + s - 1] == 1).all()  # the mouse lands within a pixel of the corners
     r, c, s = CHANGES[0]
-    assert (label[r:r + s, c:c + s] == 255).all()  # not reviewed
+    assert (label[r:r + s, c:c + s] == 1).all()  # bob's
+    r, c, s = CHANGES[2]
+    assert (label[r:r + s, c:c + s] == 0).all()  # bob's
+    assert (label[:20, :20] == 255).all()  # not reviewed

@@ -67,10 +67,12 @@ async function main() {
   setupKeys(config);
   await Promise.all([loadFeatures(), loadCells()]);
   setInterval(sendOps, 2000);  // retries what could not be sent
+  setInterval(refreshFeatures, 15000);  // another reviewer's changes
   window.addEventListener("beforeunload", (event) => {
     if (state.ops.length) { event.preventDefault(); event.returnValue = ""; }
   });
   view.fit(config.extent, { size: panes.t1.map.getSize() });
+  state.refresh = refreshFeatures;
   window.review = state;  // for tests and the console
   state.ready = true;
 }
@@ -183,6 +185,16 @@ async function loadFeatures() {
   state.features.clear();
   state.features.addFeatures(format.readFeatures(collection));
   state.queue = queue;
+  updateStatus();
+}
+
+async function refreshFeatures() {
+  if (state.ops.length || state.mode) return;  // never under the reviewer's own pending or ongoing edits
+  const collection = await (await fetch("/api/features")).json();
+  for (const geojson of collection.features) {
+    const local = state.features.getFeatureById(geojson.id);
+    if (!local || geojson.properties.version > local.get("version")) applyServer(geojson);
+  }
   updateStatus();
 }
 
