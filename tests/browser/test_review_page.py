@@ -1,7 +1,8 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
 
 The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe toggles); a
-candidate accepted, one rejected and a polygon drawn with the mouse reach the store; a stale edit after
+candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode) reach
+the store; a stale edit after
 another reviewer's is refused and shown as a conflict; the export has the expected label pixels; a screenshot is
 kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips
 with the reason when the browser or its driver is not installed (`make test` installs them as root).
@@ -106,6 +107,7 @@ def _candidate(store, square) -> dict:
 
 def test_review_page_end_to_end(browser, served, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
 
     group, store, url = served
     browser.get(url)
@@ -169,6 +171,27 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     truth = shapely.box(left, bottom, right, top)
     assert drawn.intersection(truth).area / drawn.union(truth).area > 0.9
     assert browser.find_element("id", "progress").text == "reviewed 2 / 4"
+
+    # edit vertices: select the drawn polygon, press e, drag its top-right corner 3 grid pixels (12 m) right
+    actions = ActionChains(browser)
+    _click_at(browser, actions, (left + right) / 2, (top + bottom) / 2)
+    actions.perform()
+    body.send_keys("e")
+    start, end = browser.execute_script(
+        f"const m = review.panes.t1.map; return [m.getPixelFromCoordinate([{drawn.bounds[2]}, {drawn.bounds[3]}]),"
+        f" m.getPixelFromCoordinate([{drawn.bounds[2] + 12}, {drawn.bounds[3]}])];")
+    element = browser.find_element("id", "map-t1")
+    drag = ActionChains(browser).move_to_element_with_offset(
+        element, round(start[0] - element.size["width"] / 2), round(start[1] - element.size["height"] / 2))
+    drag.click_and_hold()
+    for _ in range(3):
+        drag.move_by_offset(round((end[0] - start[0]) / 3), 0)
+    drag.release().perform()
+    body.send_keys(Keys.ESCAPE)
+    _wait(browser, "return review.ops.length === 0 && document.getElementById('unsaved').textContent === 'all saved'")
+    edited = store.feature(added[0]["uuid"])
+    assert edited["version"] == 2 and edited["status"] == "added"
+    assert shapely.from_wkb(edited["geometry"]).bounds[2] > drawn.bounds[2] + 6
 
     # another reviewer accepts the next candidate first: rejecting it here is refused with their state shown
     other = _candidate(store, CHANGES[0])
