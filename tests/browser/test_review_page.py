@@ -1,11 +1,11 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
 
 The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe toggles); a
-candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode) reach
-the store; a stale edit after
-another reviewer's is refused and shown as a conflict; the export has the expected label pixels; a screenshot is
-kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips
-with the reason when the browser or its driver is not installed (`make test` installs them as root).
+candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode)
+reach the store; a stale edit after another reviewer's is refused and shown as a conflict; the export
+has the expected label pixels; a screenshot is kept (``review.png`` in the test's tmp folder, and in
+``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips with the reason when the browser or its driver is not
+installed (`make test` installs them as root).
 """
 
 from __future__ import annotations
