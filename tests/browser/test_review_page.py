@@ -204,6 +204,12 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     assert _candidate(store, CHANGES[0])["reviewer"] == "bob"
     assert [(op["outcome"], op["reviewer"]) for op in store.log() if op["uuid"] == other["uuid"] and op["op"] == "update"] \
         == [("applied", "bob"), ("conflict", "selenium")]
+    # undo (z) skips the refused step and reverts the vertex edit
+    body.send_keys("z")
+    _wait(browser, "return review.ops.length === 0 && document.getElementById('unsaved').textContent === 'all saved'")
+    reverted = store.feature(added[0]["uuid"])
+    assert reverted["version"] == 3 and shapely.from_wkb(reverted["geometry"]).equals(drawn)
+    assert _candidate(store, CHANGES[0])["status"] == "accepted"
     # and the page picks up changes made elsewhere
     last = _candidate(store, CHANGES[2])
     store.update(last["uuid"], 1, {"status": "rejected"}, "bob")

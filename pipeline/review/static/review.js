@@ -250,6 +250,7 @@ async function sendOps() {
         say("");
       } else if (response.status === 409) {
         applyServer(answer.current);
+        state.undo = state.undo.filter((step) => step.uuid !== op.uuid);  // that history is superseded
         say(`conflict: ${answer.current.properties.reviewer || "someone"} changed this feature first; their version is shown, yours was not applied`);
       } else if (response.status >= 500) {
         say(`server error ${response.status}; retrying`);
