@@ -3,7 +3,8 @@
 The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe toggles); a
 candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode)
 reach the store; a stale edit after another reviewer's is refused and shown as a conflict; the export
-has the expected label pixels; a screenshot is kept (``review.png`` in the test's tmp folder, and in
+has the expected label pixels; edits made while the server is away stay queued (the page warns before
+closing) and are sent when it is back; a screenshot is kept (``review.png`` in the test's tmp folder, and in
 ``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips with the reason when the browser or its driver is not
 installed (`make test` installs them as root).
 """
@@ -54,24 +55,38 @@ def browser(tmp_path, monkeypatch):
     driver.quit()
 
 
+class LiveServer:
+    """The review app under uvicorn in a thread, which a test may stop and start again on the same port."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.start()
+
+    def start(self) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 @pytest.fixture
 def served(tmp_path):
     scene = write_scene(tmp_path / "scene")
     group = open_review_group(scene.prepared, scene.detections)
     store = open_store(group, tmp_path / "review")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = create_app(group, store, TileSource(group), reviewer="selenium")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield group, store, f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    server = LiveServer(create_app(group, store, TileSource(group), reviewer="selenium"))
+    yield group, store, server
+    server.stop()
 
 
 def _wait(driver, script: str, timeout: float = 30):
@@ -109,8 +124,8 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
-    group, store, url = served
-    browser.get(url)
+    group, store, server = served
+    browser.get(server.url)
     _wait(browser, "return window.review && review.ready && review.tilesLoaded >= 4")
     assert browser.execute_script("return review.tileErrors") == 0
     assert browser.execute_script("return document.querySelectorAll('#map-t1 canvas, #map-t2 canvas').length") >= 2
@@ -230,3 +245,21 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     r, c, s = CHANGES[2]
     assert (label[r:r + s, c:c + s] == 0).all()  # bob's
     assert (label[:20, :20] == 255).all()  # not reviewed
+
+
+def test_unsaved_edits_wait_for_the_server_and_are_retried(browser, served):
+    group, store, server = served
+    browser.get(server.url)
+    _wait(browser, "return window.review && review.ready")
+    server.stop()
+    body = browser.find_element("tag name", "body")
+    body.send_keys("n")
+    body.send_keys("a")  # the false alarm, accepted while the server is away
+    _wait(browser, "return document.getElementById('unsaved').textContent === '1 unsaved'")
+    leaving = "const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); return e.defaultPrevented;"
+    assert browser.execute_script(leaving) is True  # the page warns before it is closed
+    assert _candidate(store, FALSE_ALARM)["status"] == "pending"
+    server.start()
+    _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
+    assert _candidate(store, FALSE_ALARM)["status"] == "accepted"
+    assert browser.execute_script(leaving) is False
