@@ -17,6 +17,10 @@ The scene is streamed block by block with bounded memory (:mod:`~pipeline.detect
 windows read ahead of the model (:mod:`~pipeline.detect.reading`), and every finished block is staged
 so that a killed run resumes to byte-identical rasters (:mod:`~pipeline.detect.staging`). When every
 block is done the staged blocks are written to COGs in ``out_dir`` and the partial folder is removed.
+
+The blocks can also be computed elsewhere, to the same bits: as tasks on the Dask cluster at hand
+(``block_tasks``; :mod:`~pipeline.detect.cluster`, :mod:`~pipeline.detect.blocks`) or shared by
+torchrun's ranks (:mod:`~pipeline.detect.shard`); this process then completes them and writes the COGs.
 """
 
 from __future__ import annotations
