@@ -28,6 +28,13 @@ def _review_dir(detections: Path, group: str, review_dir: Path | None) -> Path:
     return review_dir if review_dir is not None else detections / REVIEW_DIR / group
 
 
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (e.g. a container's unnamed uid)
+        return "reviewer"
+
+
 def _required(prepared: Path | None, detections: Path | None) -> tuple[Path, Path]:
     if prepared is None or detections is None:
         raise ChangeflowError("give --prepared OUT and --detections DET")
@@ -62,7 +69,7 @@ def review(
         store = open_store(checked, _review_dir(detections, checked.name, review_dir))
         tiles = TileSource(checked)
     hosts = sorted({"127.0.0.1", "localhost", host})
-    app = create_app(checked, store, tiles, token=secrets.token_urlsafe(24), reviewer=reviewer or getpass.getuser(),
+    app = create_app(checked, store, tiles, token=secrets.token_urlsafe(24), reviewer=reviewer or _login(),
                      hosts=["*"] if host in ("0.0.0.0", "::") else hosts)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     console.print(f"review of group {checked.name}: http://{shown}:{port}/  (store {store.path}; Ctrl-C stops)")
