@@ -25,5 +25,6 @@ def train_flow(
         config = TrainConfig.model_validate({**config.model_dump(), "device": device})
     with gpu_slot(uses_gpu(config.device)), progress_bar("training", progress) as advance:
         result = train(config, Path(out_dir), resume=resume, progress=advance)
-    print(f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
+    print(f"{result['steps']} steps in {result['epochs_run']} epochs (ended by {result['stopped']}); "
+          f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
     return result
