@@ -7,6 +7,7 @@ Every default lives here. Unknown keys are errors (``extra="forbid"``) so that a
 from __future__ import annotations
 
 import datetime as dt
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
@@ -130,6 +131,13 @@ class TilingConfig(StrictModel):
     )
     dedup_overlap: float = Field(
         default=0.8, gt=0, le=1, description="Drop a tile overlapping a kept one by more than this."
+    )
+    deflate_level: int = Field(
+        default=3, ge=1, le=12,
+        description=(
+            "DEFLATE level of the tiles and the group's grid COGs: 3 costs ~2.5x less CPU than 6 for files "
+            "~3 % larger on real imagery; 6 gives the bytes of runs before this setting."
+        ),
     )
 
     @model_validator(mode="after")
@@ -270,11 +278,23 @@ class PrepareConfig(StrictModel):
     expected_bands: dict[Role, int] = Field(default_factory=dict)
     footprint_max_size: int = Field(default=2048, ge=64, description="Mask size for footprints.")
     block_size: int = Field(default=1024, ge=64, description="Block size for streamed I/O (px).")
+    threads: int | None = Field(
+        default=None, ge=1,
+        description=(
+            "Threads for the catalog's footprints and, per group, the grid images and tile compression; "
+            "default min(4, CPUs). Outputs do not depend on it; memory grows with it."
+        ),
+    )
     grid: GridConfig = GridConfig()
     coregistration: CoregistrationConfig = CoregistrationConfig()
     tiling: TilingConfig = TilingConfig()
     split: SplitConfig = SplitConfig()
     products: ProductsConfig = ProductsConfig()
+
+    @property
+    def thread_count(self) -> int:
+        """``threads``, or min(4, CPUs) when unset: GDAL releases the GIL, a few threads keep the cores busy."""
+        return self.threads or min(4, os.cpu_count() or 1)
 
     @model_validator(mode="after")
     def _has_input(self) -> PrepareConfig:

@@ -1,8 +1,9 @@
 """Cloud-Optimized GeoTIFF writing: blocks → tiled staging GTiff → COG, renamed into place.
 
 The COG driver only copies from an existing dataset, so blocks are first streamed into a staging
-GTiff (deflate level 1), then copied with deflate, a predictor for continuous data (floating-point
-for floats), internal 512 px tiles and overviews (nearest for categorical data, average otherwise).
+GTiff (deflate level 1, compressed on all CPUs), then copied with deflate (level 6 unless told), a predictor for continuous
+data (floating-point for floats), internal 512 px tiles and overviews (nearest for categorical data,
+average otherwise).
 The result is written under a temporary name and renamed, so a killed run never leaves a partial COG.
 """
 
@@ -51,6 +52,7 @@ def write_cog_from_blocks(
     staging: Path,
     categorical: bool,
     tags: dict[str, str] | None = None,
+    level: int = 6,
 ) -> Path:
     """Write a raster, block by block, as a Cloud-Optimized GeoTIFF, atomically.
 
@@ -61,6 +63,7 @@ def write_cog_from_blocks(
         staging: the tiled GTiff the blocks are streamed into first; always removed.
         categorical: class data: no predictor and nearest-neighbour overviews.
         tags: GeoTIFF metadata tags to write.
+        level: the COG's DEFLATE level (pixels do not depend on it, the size and the CPU time do).
 
     Returns:
         ``destination``.
@@ -71,7 +74,7 @@ def write_cog_from_blocks(
     """
     gtiff = {
         **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
+        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer", "num_threads": "ALL_CPUS",
     }
     floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
     predictor = "no" if categorical else ("floating_point" if floating else "standard")
@@ -86,7 +89,7 @@ def write_cog_from_blocks(
                     if tags:
                         dst.update_tags(**tags)
             rasterio.shutil.copy(
-                staging, partial, driver="COG", compress="deflate", level=6, predictor=predictor,
+                staging, partial, driver="COG", compress="deflate", level=level, predictor=predictor,
                 blocksize=COG_BLOCK, overview_resampling="nearest" if categorical else "average",
                 overview_count=overview_count(profile["height"], profile["width"]),
                 num_threads="ALL_CPUS", bigtiff="if_safer",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from shapely.ops import unary_union
 from pipeline.config import PrepareConfig, Role, SceneEntry, Sensor, load_scene_list
 from pipeline.errors import InputError
 from pipeline.io.paths import name_problem, shown
-from pipeline.io.raster import is_integer, open_raster, read_window
+from pipeline.io.raster import bounded_gdal_cache, is_integer, open_raster, read_window
 from pipeline.products import archive as product_archive
 from pipeline.products import read_product, recognise
 
@@ -316,10 +317,17 @@ def build_catalog(
     Returns:
         The catalogued scenes, in entry order, and the failures as (entry, reason naming the file).
     """
-    scenes, failures = [], []
-    for entry in entries:
+
+    def catalogued(entry: SceneEntry) -> Scene | str:
         try:
-            scenes.append(catalog_scene(entry, config, cache=cache))
+            return catalog_scene(entry, config, cache=cache)
         except InputError as exc:
-            failures.append((entry, str(exc)))
+            return str(exc)
+
+    # Scenes are independent and their footprint reads decode whole files in GDAL, without the GIL. The
+    # threads' own catch_warnings interleave, so the filters are restored here, once, for the caller.
+    with warnings.catch_warnings(), bounded_gdal_cache(), ThreadPoolExecutor(config.thread_count) as pool:
+        results = list(pool.map(catalogued, entries))
+    scenes = [result for result in results if isinstance(result, Scene)]
+    failures = [(entry, result) for entry, result in zip(entries, results) if isinstance(result, str)]
     return scenes, failures

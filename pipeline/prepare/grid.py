@@ -248,6 +248,7 @@ def write_cog(
     block_size: int,
     label_encoding: Encoding | None = None,
     tags: dict[str, str] | None = None,
+    level: int = 6,
 ) -> Path:
     """Stream ``source`` (already on ``grid``) into a COG labelled with the grid's georeferencing.
 
@@ -264,6 +265,7 @@ def write_cog(
             :func:`pipeline.prepare.labels.encode_label`; a label's first band and its alpha are read,
             so identical bands count once); None for an image (its bands, dtype and nodata are kept).
         tags: metadata tags written into the COG.
+        level: the COG's DEFLATE level.
 
     Returns:
         ``destination``.
@@ -281,4 +283,6 @@ def write_cog(
             yield window, encode_label(block[0], block[-1], label_encoding)[None] if categorical else block
 
     staging = destination.with_name(destination.name + ".staging.tif")
-    return write_cog_from_blocks(destination, profile, blocks(), staging=staging, categorical=categorical, tags=tags)
+    return write_cog_from_blocks(
+        destination, profile, blocks(), staging=staging, categorical=categorical, tags=tags, level=level
+    )

@@ -13,13 +13,16 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import rasterio
 from affine import Affine
 from rasterio.crs import CRS
+from threadpoolctl import threadpool_limits
 
 from pipeline.config import PrepareConfig, Role
 from pipeline.errors import GroupError
@@ -196,32 +199,50 @@ def _grid_images(
 ) -> tuple[dict[Role, Path], list[dict]]:
     """Every image of the group warped once onto its grid as a COG, co-registered images corrected.
 
-    Labels are encoded as their summaries in ``labels`` resolved. Returns the COG of each role kept and
-    the co-registration records; a refused image has a record but no COG.
+    Labels are encoded as their summaries in ``labels`` resolved. The images are independent once the
+    reference COG exists (the others are co-registered against it), so they are built on
+    ``config.thread_count`` threads: the reference and the labels first, then the other images. Each
+    image's pixels and record do not depend on the threads. Returns the COG of each role kept and the
+    co-registration records, in role order; a refused image has a record but no COG.
     """
-    paths = {Role.A: grid_dir / "A.tif"}
-    with warped(group.reference, grid) as source:
-        write_cog(source, paths[Role.A], grid=grid, block_size=config.block_size)
-    records: list[dict] = []
-    for role, scene in sorted(group.members.items(), key=lambda item: item[0].value):
-        if role is Role.A:
-            continue
-        path = grid_dir / f"{role.value}.tif"
-        if role.is_label:
-            with warped(scene, grid) as source:
-                write_cog(source, path, grid=grid, block_size=config.block_size, label_encoding=labels[role].encoding)
-            paths[role] = path
-            continue
-        correction = Affine.identity()
-        if config.coregistration.enabled:
-            record, correction = _coregister_scene(group, scene, grid, paths[Role.A], config)
-            records.append(record)
-            if correction is None:
-                continue
-        with warped(scene, grid, correction=correction) as source:
-            write_cog(source, path, grid=grid, block_size=config.block_size)
-        paths[role] = path
+    members = sorted(group.members.items(), key=lambda item: item[0].value)
+    build = partial(_grid_image, group, grid, config, grid_dir, labels)
+    # One BLAS thread for all co-registrations at once: threadpoolctl's limit is process-wide, so the
+    # limit each one sets (see coregister) would otherwise be lifted under the others when one ends.
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(config.thread_count) as pool:
+        try:
+            first = {role: pool.submit(build, role, scene) for role, scene in members
+                     if role is Role.A or role.is_label}
+            first[Role.A].result()  # the reference COG the others are co-registered against
+            rest = {role: pool.submit(build, role, scene) for role, scene in members if role not in first}
+            outcomes = {role: future.result() for role, future in {**first, **rest}.items()}
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    paths = {role: outcomes[role][0] for role, _ in members if outcomes[role][0] is not None}
+    records = [outcomes[role][1] for role, _ in members if outcomes[role][1] is not None]
     return paths, records
+
+
+def _grid_image(
+    group: Group, grid: GroupGrid, config: PrepareConfig, grid_dir: Path, labels: dict[Role, LabelSummary],
+    role: Role, scene: Scene,
+) -> tuple[Path | None, dict | None]:
+    """One image's grid COG (None when refused) and co-registration record (None when not co-registered)."""
+    path = grid_dir / f"{role.value}.tif"
+    options = {"grid": grid, "block_size": config.block_size, "level": config.tiling.deflate_level}
+    if role is Role.A or role.is_label:  # the reference (the grid's own image) and labels: no co-registration
+        with warped(scene, grid) as source:
+            write_cog(source, path, label_encoding=labels[role].encoding if role.is_label else None, **options)
+        return path, None
+    correction, record = Affine.identity(), None
+    if config.coregistration.enabled:
+        record, correction = _coregister_scene(group, scene, grid, grid_dir / f"{Role.A.value}.tif", config)
+        if correction is None:
+            return None, record
+    with warped(scene, grid, correction=correction) as source:
+        write_cog(source, path, **options)
+    return path, record
 
 
 def _coregister_scene(
@@ -255,7 +276,7 @@ def _cut_group_tiles(
     windows = tile_windows(name, grid, config.tiling, config.split.block_tiles)
     with ExitStack() as stack:
         datasets = {role: stack.enter_context(rasterio.open(path)) for role, path in paths.items()}
-        return cut_tiles(name, datasets, grid, windows, config.tiling, tiles_dir, progress)
+        return cut_tiles(name, datasets, grid, windows, config.tiling, tiles_dir, progress, threads=config.thread_count)
 
 
 def _black_value(scene: Scene, config: PrepareConfig) -> float | None:

@@ -9,13 +9,17 @@ exact and the last window sits flush with the block edge (no zero padding, unlik
 from __future__ import annotations
 
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.io import DatasetReader
+from rasterio.io import DatasetReader, MemoryFile
 from rasterio.windows import Window
 from shapely import STRtree
 from shapely.geometry.base import BaseGeometry
@@ -125,37 +129,94 @@ def tile_windows(group: str, grid: GroupGrid, config: TilingConfig, block_tiles:
     return windows
 
 
-def _write_tile(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata) -> None:
-    """One GeoTIFF tile, atomically (temporary name, then rename); deterministic bytes."""
-    predictor = 2 if is_integer(data.dtype) else 3
-    with atomic_path(path) as partial, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pixel-space tiles
-        _write_geotiff(partial, data, source, transform, nodata, predictor)
+@dataclass(frozen=True)
+class _TileFormat:
+    """What a tile of one image carries besides its pixels; read once from the open image."""
+
+    crs: CRS | None
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    level: int
+
+    @classmethod
+    def of(cls, dataset: DatasetReader, level: int) -> _TileFormat:
+        return cls(dataset.crs, dataset.nodata, tuple(dataset.descriptions), level)
 
 
-def _write_geotiff(path: Path, data: np.ndarray, source: DatasetReader, transform, nodata, predictor: int) -> None:
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=source.crs,
-        transform=transform,
-        nodata=nodata,
-        compress="deflate",
-        predictor=predictor,
-        tiled=True,
-        blockxsize=256,
-        blockysize=256,
-    ) as dst:
-        dst.write(data)
-        descriptions = source.descriptions
-        for band, description in enumerate(descriptions[: data.shape[0]], start=1):
-            if description:
-                dst.set_band_description(band, description)
+def _encode_tile(data: np.ndarray, tile_format: _TileFormat, transform: Affine) -> bytes:
+    """One tile as GeoTIFF bytes (deterministic): DEFLATE with a predictor, 256 px internal tiles.
+
+    Runs on the writer threads: GDAL compresses without the GIL, in memory, so that the files are
+    still written one at a time in window order.
+    """
+    with MemoryFile() as memfile:
+        with memfile.open(
+            driver="GTiff",
+            width=data.shape[2],
+            height=data.shape[1],
+            count=data.shape[0],
+            dtype=data.dtype,
+            crs=tile_format.crs,
+            transform=transform,
+            nodata=tile_format.nodata,
+            compress="deflate",
+            zlevel=tile_format.level,
+            predictor=2 if is_integer(data.dtype) else 3,
+            tiled=True,
+            blockxsize=256,
+            blockysize=256,
+        ) as dst:
+            dst.write(data)
+            for band, description in enumerate(tile_format.descriptions[: data.shape[0]], start=1):
+                if description:
+                    dst.set_band_description(band, description)
+        return memfile.read()
+
+
+def _write_tile(path: Path, content: bytes) -> None:
+    """One tile file, atomically (temporary name, then rename)."""
+    with atomic_path(path) as partial:
+        _write_geotiff(partial, content)
+
+
+def _write_geotiff(path: Path, content: bytes) -> None:
+    path.write_bytes(content)
+
+
+def _cut(
+    group: str, images: dict[Role, DatasetReader], grid: GroupGrid, candidate: TileWindow, config: TilingConfig
+) -> tuple[dict[Role, np.ndarray], TileRecord | None]:
+    """The pixels of one window in every image, and its record; None when the window is dropped as black."""
+    window = candidate.window
+    blocks: dict[Role, np.ndarray] = {}
+    black: dict[str, float] = {}
+    for role, dataset in images.items():
+        is_label = role.is_label
+        black_value = config.black_value if not is_label and is_integer(dataset.dtypes[0]) else None
+        data, valid = read_window(dataset, window, black_value=black_value)
+        blocks[role] = data
+        if not is_label:
+            black[role.value] = float(1.0 - valid.mean())
+    if any(fraction >= config.black_threshold for fraction in black.values()):
+        return blocks, None
+    change_pixels, labelled = 0, 0
+    if Role.label in blocks:
+        label = blocks[Role.label][0]
+        change_pixels = int((label == 1).sum())
+        labelled = int((label != NODATA_U8).sum())
+    left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
+    return blocks, TileRecord(
+        tile_id=candidate.tile_id,
+        group=group,
+        block=candidate.block,
+        col_off=int(window.col_off),
+        row_off=int(window.row_off),
+        black_fraction=black,
+        change_fraction=change_pixels / labelled if labelled else float("nan"),
+        change_pixels=change_pixels,
+        labelled_pixels=labelled,
+        bounds=(min(left, right), min(bottom, top), max(left, right), max(bottom, top)),
+    )
 
 
 def cut_tiles(
@@ -166,20 +227,26 @@ def cut_tiles(
     config: TilingConfig,
     out_dir: Path,
     progress: callable | None = None,
+    *,
+    threads: int = 1,
 ) -> tuple[list[TileRecord], int]:
     """Filter and write the tiles of one group.
 
     A tile is dropped when ``config.black_threshold`` or more of its pixels are nodata or black in
     ANY image (GOLD checked optical t1 only). Labels are not images: their zeros are "no change".
+    Windows are read and filtered in order on the calling thread; kept tiles are compressed on
+    ``threads`` threads (a few windows ahead at most, so memory stays bounded) and written in window
+    order, so the first write that fails is the last file written.
 
     Args:
         group: the group's name.
         images: role → the open grid COG of that image or label.
         grid: the group's grid.
         windows: the candidate windows (see :func:`tile_windows`).
-        config: the tiling settings (``black_value``, ``black_threshold``).
+        config: the tiling settings (``black_value``, ``black_threshold``, ``deflate_level``).
         out_dir: the tiles folder; a kept tile is written to ``{out_dir}/{role}/{tile_id}.tif`` per role.
         progress: called with 1 after each window is read.
+        threads: threads compressing tiles; the files do not depend on it.
 
     Returns:
         The records of the kept tiles, in window order, and the number of tiles dropped as black.
@@ -188,48 +255,36 @@ def cut_tiles(
         InputError: a window cannot be read (truncated or corrupt file).
         OSError: a tile cannot be written.
     """
+    formats = {role: _TileFormat.of(dataset, config.deflate_level) for role, dataset in images.items()}
     kept: list[TileRecord] = []
-    dropped = 0
-    for candidate in windows:
-        window = candidate.window
-        blocks: dict[Role, np.ndarray] = {}
-        black: dict[str, float] = {}
-        for role, dataset in images.items():
-            is_label = role.is_label
-            black_value = config.black_value if not is_label and is_integer(dataset.dtypes[0]) else None
-            data, valid = read_window(dataset, window, black_value=black_value)
-            blocks[role] = data
-            if not is_label:
-                black[role.value] = float(1.0 - valid.mean())
-        if progress is not None:
-            progress(1)
-        if any(fraction >= config.black_threshold for fraction in black.values()):
-            dropped += 1
-            continue
-        transform = grid.window_transform(window)
-        for role, data in blocks.items():
-            _write_tile(out_dir / role.value / f"{candidate.tile_id}.tif", data, images[role], transform, images[role].nodata)
-        change_pixels, labelled = 0, 0
-        if Role.label in blocks:
-            label = blocks[Role.label][0]
-            change_pixels = int((label == 1).sum())
-            labelled = int((label != NODATA_U8).sum())
-        left, bottom, right, top = rasterio.windows.bounds(window, grid.transform)
-        kept.append(
-            TileRecord(
-                tile_id=candidate.tile_id,
-                group=group,
-                block=candidate.block,
-                col_off=int(window.col_off),
-                row_off=int(window.row_off),
-                black_fraction=black,
-                change_fraction=change_pixels / labelled if labelled else float("nan"),
-                change_pixels=change_pixels,
-                labelled_pixels=labelled,
-                bounds=(min(left, right), min(bottom, top), max(left, right), max(bottom, top)),
-            )
-        )
-    return kept, dropped
+    encoded: deque[tuple[Path, Future]] = deque()
+    with ThreadPoolExecutor(threads) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # pixel-space tiles
+        try:
+            for candidate in windows:
+                blocks, record = _cut(group, images, grid, candidate, config)
+                if progress is not None:
+                    progress(1)
+                if record is None:
+                    continue
+                kept.append(record)
+                transform = grid.window_transform(candidate.window)
+                for role, data in blocks.items():
+                    path = out_dir / role.value / f"{candidate.tile_id}.tif"
+                    encoded.append((path, pool.submit(_encode_tile, data, formats[role], transform)))
+                while len(encoded) > 2 * threads * len(images):
+                    _write_tile(*_done(encoded.popleft()))
+            while encoded:
+                _write_tile(*_done(encoded.popleft()))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return kept, len(windows) - len(kept)
+
+
+def _done(item: tuple[Path, Future]) -> tuple[Path, bytes]:
+    """A tile's path and its bytes, once compressed."""
+    return item[0], item[1].result()
 
 
 def find_duplicates(

@@ -24,7 +24,7 @@ from pipeline.io.atomic import write_atomic
 from pipeline.io.cog import write_cog_from_blocks
 from pipeline.io.write_errors import NO_SPACE, NOT_WRITABLE, QUOTA, READ_ONLY, writable_folder, write_problem
 from pipeline.learn.checkpoint import save_checkpoint
-from pipeline.prepare.tiling import _write_tile
+from pipeline.prepare.tiling import _encode_tile, _TileFormat, _write_tile
 from tests.fixtures import disks
 
 small_disk, read_only = disks.small_disk, disks.read_only  # fixtures
@@ -181,7 +181,8 @@ def test_a_tile_on_a_full_disk_leaves_no_partial(small_disk, tmp_path):
     disk = small_disk(16 * 1024)
     tile = disk / "tiles" / "train" / "A" / "g_x0_y0.tif"
     with rasterio.open(source_path) as source, pytest.raises(OutputError) as info:
-        _write_tile(tile, _noise_blocks(4)[0][1], source, PROFILE["transform"], float("nan"))
+        content = _encode_tile(_noise_blocks(4)[0][1], _TileFormat.of(source, level=6), PROFILE["transform"])
+        _write_tile(tile, content)
     assert str(info.value) == f"cannot write {tile}: no space left on device"
     assert list(tile.parent.iterdir()) == []
 

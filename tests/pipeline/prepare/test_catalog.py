@@ -88,3 +88,18 @@ def test_inbox_uses_gold_naming(tmp_path):
     assert {(e.path.name, e.role.value, e.group) for e in entries} == {
         ("x1_A.tif", "A", "x1"), ("x1_B.tif", "B", "x1"), ("x1_D.tif", "C", "x1"), ("x1_E.png", "label", "x1"),
     }
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_the_catalog_keeps_entry_order_and_reports_failures_whatever_the_threads(tmp_path, threads):
+    entries = [
+        SceneEntry(path=_optical(tmp_path, "first", value=300), role=Role.A, id="first"),
+        SceneEntry(path=tmp_path / "missing.tif", role=Role.C, id="missing"),
+        SceneEntry(path=_optical(tmp_path, "second", bands=3, value=500), role=Role.C, id="second"),
+        SceneEntry(path=write_raster(tmp_path / "black.tif", np.zeros((4, 32, 32), np.uint16)), role=Role.B, id="black"),
+        SceneEntry(path=_optical(tmp_path, "third", bands=2), role=Role.B, id="third"),
+    ]
+    scenes, failures = build_catalog(entries, _config(entries, threads=threads))
+    assert [(s.id, s.bands) for s in scenes] == [("first", 4), ("second", 3), ("third", 2)]
+    assert [entry.id for entry, _ in failures] == ["missing", "black"]
+    assert "missing.tif" in failures[0][1] and "black.tif: has no valid data" in failures[1][1]

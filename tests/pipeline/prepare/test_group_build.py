@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
+import rasterio
 import yaml
 
 from pipeline.config import load_config
@@ -63,3 +65,21 @@ def test_a_group_with_every_image_refused_fails_and_leaves_nothing(scene_list, t
     with pytest.raises(GroupError, match="no image left after co-registration"):
         process_group(group, crs, config, tmp_path / "out")
     assert list((tmp_path / "out" / "groups").iterdir()) == []
+
+
+def test_threads_change_neither_the_grid_images_nor_the_records_nor_the_tiles(scene_list, tmp_path):
+    group, crs, one_thread = _group(scene_list, tmp_path, threads=1)
+    _, _, three_threads = _group(scene_list, tmp_path, threads=3)
+    assert group_fingerprint(group, three_threads) == group_fingerprint(group, one_thread)
+    built = {n: process_group(group, crs, config, tmp_path / n) for n, config in (("1", one_thread), ("3", three_threads))}
+    assert built["1"].coregistration and built["1"].tiles
+    assert (built["3"].coregistration, built["3"].tiles) == (built["1"].coregistration, built["1"].tiles)
+    folders = {n: tmp_path / n / "groups" / "g1" for n in built}
+    grids = sorted(p.name for p in (folders["1"] / "grid").iterdir())
+    assert grids == sorted(p.name for p in (folders["3"] / "grid").iterdir()) and "A.tif" in grids
+    for name in grids:
+        with rasterio.open(folders["1"] / "grid" / name) as a, rasterio.open(folders["3"] / "grid" / name) as b:
+            assert (a.crs, a.transform, repr(a.nodata)) == (b.crs, b.transform, repr(b.nodata))
+            assert np.array_equal(a.read(), b.read(), equal_nan=True)
+    tiles = {n: {p.relative_to(f): p.read_bytes() for p in sorted((f / "tiles").rglob("*.tif"))} for n, f in folders.items()}
+    assert len(tiles["1"]) == len(built["1"].tiles) * len(grids) and tiles["3"] == tiles["1"]

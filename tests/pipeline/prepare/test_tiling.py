@@ -75,3 +75,55 @@ def test_deduplication_across_groups_only():
         ("b_2", "b", box(3, 0, 13, 10)),  # 0.8 exactly: kept (GOLD: strictly greater)
     ]
     assert find_duplicates(tiles, 0.8) == ["b_1"]
+
+
+def _textured_images(tmp_path, size: int = 300) -> dict[Role, rasterio.DatasetReader]:
+    """A smooth, compressible 4-band uint16 image with a black corner, a float32 image and a label."""
+    rows, cols = np.mgrid[:size, :size]
+    noise = np.random.default_rng(0).integers(0, 4, (4, size, size))
+    optical = (1000 + 3 * rows + 2 * cols + noise).astype(np.uint16)
+    optical[:, :40, :40] = 0
+    sar = (np.sin(rows / 17.0) * np.cos(cols / 23.0)).astype(np.float32)
+    label = ((rows // 50 + cols // 50) % 2).astype(np.uint8)
+    paths = {
+        Role.A: write_raster(tmp_path / "A.tif", optical, crs="EPSG:32650", transform=TRANSFORM),
+        Role.B: write_raster(tmp_path / "B.tif", sar, crs="EPSG:32650", transform=TRANSFORM, nodata=float("nan")),
+        Role.label: write_raster(tmp_path / "label.tif", label, crs="EPSG:32650", transform=TRANSFORM, nodata=255),
+    }
+    return {role: rasterio.open(path) for role, path in paths.items()}
+
+
+def _cut(tmp_path, name: str, *, level: int, threads: int):
+    config = TilingConfig(size=128, stride=64, deflate_level=level)
+    datasets = _textured_images(tmp_path)
+    grid = GroupGrid(CRS.from_epsg(32650), TRANSFORM, 300, 300)
+    windows = tile_windows("g", grid, config, block_tiles=2)
+    try:
+        records, dropped = cut_tiles("g", datasets, grid, windows, config, tmp_path / name, threads=threads)
+    finally:
+        for dataset in datasets.values():
+            dataset.close()
+    files = {path.relative_to(tmp_path / name): path.read_bytes() for path in sorted((tmp_path / name).rglob("*.tif"))}
+    return records, dropped, files
+
+
+def test_tiles_do_not_depend_on_the_writer_threads(tmp_path):
+    one = _cut(tmp_path, "one", level=3, threads=1)
+    three = _cut(tmp_path, "three", level=3, threads=3)
+    records, _, files = one
+    assert len(records) == 16 and len(files) == 3 * 16  # 4 x 4 windows, 3 images each
+    assert three == one  # records, dropped count and every file's bytes
+    assert not any(path.name.startswith(".") for path in (tmp_path / "three").rglob("*"))  # no partial left
+
+
+def test_the_deflate_level_changes_the_bytes_not_the_pixels(tmp_path):
+    _, _, fast = _cut(tmp_path, "fast", level=1, threads=2)
+    _, _, small = _cut(tmp_path, "small", level=9, threads=2)
+    assert fast.keys() == small.keys()
+    optical = [name for name in fast if name.parts[0] == "A"]
+    assert sum(len(small[name]) for name in optical) < sum(len(fast[name]) for name in optical)
+    for name in fast:
+        with rasterio.open(tmp_path / "fast" / name) as a, rasterio.open(tmp_path / "small" / name) as b:
+            assert a.profile["compress"] == b.profile["compress"] == "deflate"
+            assert (a.crs, a.transform, a.dtypes) == (b.crs, b.transform, b.dtypes)
+            assert np.array_equal(a.read(), b.read(), equal_nan=True)
