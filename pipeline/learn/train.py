@@ -687,7 +687,10 @@ def _wrap(model: nn.Module, ddp: Distributed, device: torch.device, unused_text:
 def _train_epoch(
     run: _Run, epoch: int, progress: Callable[[str, int, int], None] | None
 ) -> tuple[dict[str, float], float]:
-    """One pass over the train split; returns the mean loss parts (``train_*``) and the epoch's LR."""
+    """One epoch: ``steps_per_epoch`` steps over the epoch's draws, fewer when the step or time budget ends it.
+
+    Returns the mean loss parts (``train_*``) and the epoch's LR.
+    """
     config = run.config
     torch.manual_seed(config.seed + epoch)
     run.train_set.set_epoch(epoch)
