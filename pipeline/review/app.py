@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import shapely
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -135,21 +135,25 @@ def create_app(group: ReviewGroup, store: ReviewStore, tiles: TileSource, *, tok
     app = FastAPI(title=f"changeflow review: {group.name}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.token = token
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts or ["127.0.0.1", "localhost", "testserver"])
-    config = page_config(group, tiles, token, reviewer)
+    app.include_router(_read_routes(group, store, tiles, page_config(group, tiles, token, reviewer)))
+    app.include_router(_write_routes(group, store, token, reviewer))
+    app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
+    return app
 
-    def write_access(x_review_token: str | None = Header(default=None)) -> None:
-        if x_review_token is None or not secrets.compare_digest(x_review_token, token):
-            raise HTTPException(403, f"a write needs this launch's token in the {TOKEN_HEADER} header")
 
-    @app.get("/", include_in_schema=False)
+def _read_routes(group: ReviewGroup, store: ReviewStore, tiles: TileSource, config: dict[str, Any]) -> APIRouter:
+    """The page, its config, tiles, features, the queue, click-to-grow, cells and the log: no token needed."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(f"{_static_dir()}/index.html", headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/config")
+    @router.get("/api/config")
     def get_config() -> dict[str, Any]:
         return config
 
-    @app.get("/tiles/{layer}/{z}/{x}/{y}.png")
+    @router.get("/tiles/{layer}/{z}/{x}/{y}.png")
     def tile(layer: str, z: int, x: int, y: int, threshold: float = Query(default=group.threshold, ge=0, le=1)) -> Response:
         try:
             png = tiles.probability_png(z, x, y, threshold) if layer == PROBABILITY_LAYER else tiles.image_png(layer, z, x, y)
@@ -157,28 +161,58 @@ def create_app(group: ReviewGroup, store: ReviewStore, tiles: TileSource, *, tok
             raise HTTPException(404, str(exc)) from None
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=600"})
 
-    @app.get("/api/features")
+    @router.get("/api/features")
     def features() -> dict[str, Any]:
         return {"type": "FeatureCollection", "features": [as_geojson(f) for f in store.features()]}
 
-    @app.get("/api/queue")
+    @router.get("/api/queue")
     def queue() -> list[str]:
         return store.queue(group.threshold)
 
-    @app.get("/api/features/{uuid}")
+    @router.get("/api/features/{uuid}")
     def feature(uuid: str) -> dict[str, Any]:
         try:
             return as_geojson(store.feature(uuid))
         except UnknownFeature as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.post("/api/features", status_code=201, dependencies=[Depends(write_access)])
+    @router.get("/api/grow")
+    def grow(x: float, y: float, threshold: float = Query(default=group.threshold, ge=0, le=1)) -> dict[str, Any]:
+        try:
+            grown = grow_region(group, x, y, threshold)
+        except NothingToGrow as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"geometry": mapping(grown.geometry), "n_pixels": grown.n_pixels, "mean_prob": grown.mean_prob,
+                "clipped": grown.clipped}
+
+    @router.get("/api/cells")
+    def cells() -> dict[str, Any]:
+        rows, cols = group.grid.cells()
+        return {"cell_px": CELL_PX, "rows": rows, "cols": cols, "reviewed": store.reviewed_cells()}
+
+    @router.get("/api/log")
+    def log() -> list[dict[str, Any]]:
+        return store.log()
+
+    return router
+
+
+def _write_routes(group: ReviewGroup, store: ReviewStore, token: str, reviewer: str) -> APIRouter:
+    """Adding and changing features, marking cells: each needs the token (403 without it)."""
+
+    def write_access(x_review_token: str | None = Header(default=None)) -> None:
+        if x_review_token is None or not secrets.compare_digest(x_review_token, token):
+            raise HTTPException(403, f"a write needs this launch's token in the {TOKEN_HEADER} header")
+
+    router = APIRouter(dependencies=[Depends(write_access)])
+
+    @router.post("/api/features", status_code=201)
     def add(body: NewFeature) -> dict[str, Any]:
         geometry = _checked(body.geometry, group)
         return as_geojson(store.add(geometry, body.reviewer or reviewer, feature_class=body.feature_class,
                                     comment=body.comment, uuid=body.uuid, op_id=body.op_id))
 
-    @app.patch("/api/features/{uuid}", dependencies=[Depends(write_access)])
+    @router.patch("/api/features/{uuid}")
     def change(uuid: str, body: FeatureChange) -> Any:
         changes: dict[str, Any] = {"status": body.status, "class": body.feature_class, "comment": body.comment}
         changes = {key: value for key, value in changes.items() if value is not None}
@@ -193,21 +227,7 @@ def create_app(group: ReviewGroup, store: ReviewStore, tiles: TileSource, *, tok
         except Conflict as exc:
             return JSONResponse({"detail": str(exc), "current": as_geojson(exc.current)}, status_code=409)
 
-    @app.get("/api/grow")
-    def grow(x: float, y: float, threshold: float = Query(default=group.threshold, ge=0, le=1)) -> dict[str, Any]:
-        try:
-            grown = grow_region(group, x, y, threshold)
-        except NothingToGrow as exc:
-            raise HTTPException(422, str(exc)) from None
-        return {"geometry": mapping(grown.geometry), "n_pixels": grown.n_pixels, "mean_prob": grown.mean_prob,
-                "clipped": grown.clipped}
-
-    @app.get("/api/cells")
-    def cells() -> dict[str, Any]:
-        rows, cols = group.grid.cells()
-        return {"cell_px": CELL_PX, "rows": rows, "cols": cols, "reviewed": store.reviewed_cells()}
-
-    @app.put("/api/cells/{row}/{col}", dependencies=[Depends(write_access)])
+    @router.put("/api/cells/{row}/{col}")
     def mark_cell(row: int, col: int, body: CellMark) -> dict[str, Any]:
         rows, cols = group.grid.cells()
         if not (0 <= row < rows and 0 <= col < cols):
@@ -215,12 +235,7 @@ def create_app(group: ReviewGroup, store: ReviewStore, tiles: TileSource, *, tok
         store.mark_cell(row, col, body.reviewed, body.reviewer or reviewer, op_id=body.op_id)
         return {"row": row, "col": col, "reviewed": body.reviewed}
 
-    @app.get("/api/log")
-    def log() -> list[dict[str, Any]]:
-        return store.log()
-
-    app.mount("/static", StaticFiles(directory=_static_dir()), name="static")
-    return app
+    return router
 
 
 def _checked(geojson: dict[str, Any], group: ReviewGroup) -> shapely.Geometry:
