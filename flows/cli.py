@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from flows.interrupt import stop_cleanly
+from flows.review import review_app
 from pipeline.config import DetectConfig, IngestConfig, PrepareConfig, RunConfig, TrainConfig, load_config
 from pipeline.errors import ChangeflowError
 from pipeline.io.write_errors import folder_or_creatable
@@ -292,8 +293,6 @@ def serve(
 
     ingest_flow.serve(name=name, cron=cron, parameters={"config_path": str(config.resolve())}, limit=1)
 
-
-from flows.review import review_app  # at the end: its commands use this module's console and user_errors
 
 app.add_typer(review_app, name="review")
 

@@ -57,7 +57,7 @@ def review(
         return
     import uvicorn
 
-    from flows.cli import console, user_errors  # here: flows.cli imports this module
+    from flows.cli import console, user_errors  # here: flows.cli imports this module at its top
     from pipeline.review.app import create_app
     from pipeline.review.candidates import open_store
     from pipeline.review.group import open_review_group
