@@ -8,7 +8,9 @@ from the same session:
 - ``candidates``: only the candidates are labelled (1 accepted, 0 rejected, 255 everywhere else);
 - ``cells``: the reviewer then also marks every review cell reviewed, so what is not an accepted
   candidate is no change (the changes detection missed become wrong 0 labels: the reviewer did not draw
-  them).
+  them);
+- ``drawn``: the reviewer then also draws each truth change that no accepted candidate touches (its
+  outline, as a careful person would draw it), posted as new features.
 
 Each export becomes the group's label (role ``label`` in a copy of the demo's scene list) and goes
 through `changeflow run` with the demo's prepare / train / detect settings. Every model, the demo's
@@ -33,7 +35,7 @@ import httpx
 import rasterio
 import shapely
 import yaml
-from rasterio.features import geometry_mask
+from rasterio.features import geometry_mask, shapes
 from rasterio.windows import from_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +102,25 @@ def mark_all_cells(url: str) -> int:
     return cells["rows"] * cells["cols"]
 
 
+def draw_missed(url: str, truth_path: Path) -> int:
+    """Post the outline of every truth change region no accepted candidate touches; how many were drawn."""
+    token = httpx.get(f"{url}/api/config").json()["token"]
+    accepted = [shapely.geometry.shape(f["geometry"]) for f in httpx.get(f"{url}/api/features").json()["features"]
+                if f["properties"]["status"] == "accepted"]
+    tree = shapely.STRtree(accepted)
+    with rasterio.open(truth_path) as truth:
+        change = (truth.read(1) == 1).astype("uint8")
+        regions = [shapely.geometry.shape(g) for g, _ in shapes(change, mask=change == 1, transform=truth.transform)]
+    drawn = 0
+    for region in regions:
+        if len(tree.query(region, predicate="intersects")):
+            continue
+        httpx.post(f"{url}/api/features", headers={"X-Review-Token": token},
+                   json={"geometry": shapely.geometry.mapping(region)}).raise_for_status()
+        drawn += 1
+    return drawn
+
+
 def export(prepared: Path, detections: Path, review_dir: Path, out: Path) -> dict:
     """`changeflow review export`; its printed counts."""
     result = subprocess.run([*CHANGEFLOW, "review", "export", "--prepared", str(prepared), "--detections",
@@ -112,12 +133,13 @@ def label_quality(label: Path, truth: Path) -> dict[str, float]:
     """How the exported label agrees with the truth on the pixels it labels."""
     with rasterio.open(label) as a, rasterio.open(truth) as b:
         ours, real = a.read(1), b.read(1)
-    labelled = ours != 255
+    labelled, known = ours != 255, real != 255  # the truth's own ignore pixels are left out of the agreement
+    change, no_change = (ours == 1) & known, (ours == 0) & known
     return {
         "labelled_fraction": float(labelled.mean()),
         "change_px": int((ours == 1).sum()), "no_change_px": int((ours == 0).sum()),
-        "change_correct": float((real[ours == 1] == 1).mean()) if (ours == 1).any() else float("nan"),
-        "no_change_correct": float((real[ours == 0] == 0).mean()) if (ours == 0).any() else float("nan"),
+        "change_correct": float((real[change] == 1).mean()) if change.any() else float("nan"),
+        "no_change_correct": float((real[no_change] == 0).mean()) if no_change.any() else float("nan"),
         "truth_change_labelled_1": float((ours[real == 1] == 1).mean()),
     }
 
@@ -165,10 +187,12 @@ def main() -> None:
         results["exports"] = {"candidates": export(prepared, detections, work / "review", work / "candidates")}
         results["cells"] = mark_all_cells(f"http://127.0.0.1:{port}")
         results["exports"]["cells"] = export(prepared, detections, work / "review", work / "cells")
+        results["drawn"] = draw_missed(f"http://127.0.0.1:{port}", truth)
+        results["exports"]["drawn"] = export(prepared, detections, work / "review", work / "drawn")
     finally:
         os.kill(server.pid, signal.SIGINT)
         server.wait(timeout=30)
-    for variant in ("candidates", "cells"):
+    for variant in ("candidates", "cells", "drawn"):
         label = work / variant / "review_label.tif"
         results[f"label_{variant}"] = label_quality(label, truth)
         detect, seconds = run_with_label(demo, label, work / f"run-{variant}")
