@@ -21,11 +21,12 @@ start-up), then ``--iterations`` steps are timed, with ``torch.cuda.synchronize(
 timed window on CUDA. The losses turn their components into Python floats every step (a device
 sync), so the time spent in ``next(loader)`` is the time the step waited for data.
 
-``train()`` builds a new ``DataLoader`` (non-persistent workers) every epoch. To time the steady
-state, the timed window lies inside one epoch: the training rows of the index are repeated so that
-one epoch holds warm-up + timed steps (same files, each copy with its own augmentation draw); the
-epoch start (worker start-up until the first batch) is timed separately and reported with the
-throughput amortised over the real epoch of the data. Validation and checkpointing, once per epoch
+``train()`` builds a new ``DataLoader`` (non-persistent workers) over each epoch's draws
+(``pipeline.learn.sampling``: class-balanced crops when ``sampling.change_share`` is set). To time the
+steady state, the timed window lies inside one epoch: the benchmark draws warm-up + timed steps' worth
+of samples as one epoch, exactly as ``train()`` draws them; the epoch start (worker start-up until the
+first batch) is timed separately and reported with the throughput amortised over the real epoch of the
+data. Validation and checkpointing, once per epoch
 in ``train()``, are not part of training throughput and are not timed.
 
 It also reports the single-process cost of one ``TileDataset`` sample (reads vs normalisation and
@@ -77,11 +78,18 @@ import models  # noqa: E402
 from models.registry import model_class  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
 from pipeline.learn.augment import AugmentSettings, optical_jitter, paired_geometry  # noqa: E402
-from pipeline.learn.dataset import TileDataset, _read, check_index, fit_normalization, load_index  # noqa: E402
+from pipeline.learn.dataset import (  # noqa: E402
+    TileDataset,
+    _read,
+    changed_tiles,
+    check_index,
+    fit_normalization,
+    load_index,
+)
 from pipeline.learn.device import resolve_device  # noqa: E402
 from pipeline.learn.normalization import normalize  # noqa: E402
+from pipeline.learn.sampling import DrawnSamples, epoch_draws  # noqa: E402
 from pipeline.learn.train import (  # noqa: E402
-    Distributed,
     _autocast,
     _forward,
     _loader,
@@ -216,16 +224,23 @@ def measure_bare(trainee: Trainee, batch: dict[str, torch.Tensor], warmup: int, 
     return {**_summary(step_s, size * iterations), "step_s": step_s, "load_avg": os.getloadavg()[0]}
 
 
+def drawn_loader(dataset: TileDataset, changed: list[int], config: TrainConfig, steps: int):
+    """train()'s DataLoader over one epoch of ``steps`` batches drawn as train() draws them."""
+    dataset.set_epoch(0)
+    draws = epoch_draws(len(dataset), changed, steps * config.batch_size, config.sampling.change_share,
+                        config.seed, 0)
+    return _loader(DrawnSamples(dataset, draws), config)
+
+
 def measure_loop(
-    trainee: Trainee, dataset: TileDataset, workers: int, warmup: int, iterations: int
+    trainee: Trainee, dataset: TileDataset, changed: list[int], workers: int, warmup: int, iterations: int
 ) -> dict[str, Any]:
-    """Steps fed by train()'s DataLoader (``_loader``, ``workers`` workers); the timed window lies
-    inside one epoch. Per-step wall times include the wait for the batch."""
+    """Steps fed by train()'s DataLoader (``_loader`` over the epoch's draws, ``workers`` workers); the
+    timed window lies inside one epoch. Per-step wall times include the wait for the batch."""
     device = trainee.device
     config = trainee.config.model_copy(update={"workers": workers})
-    dataset.set_epoch(0)
     created = time.perf_counter()
-    loader = _loader(dataset, config, Distributed(), shuffle=True, epoch=0)
+    loader = drawn_loader(dataset, changed, config, warmup + iterations)
     steps_per_epoch = len(loader)
     if steps_per_epoch < warmup + iterations:
         raise RuntimeError(f"epoch of {steps_per_epoch} steps < warm-up + iterations ({warmup + iterations})")
@@ -416,116 +431,80 @@ def _fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    data = args.data.resolve() if args.data else prepare_synthetic(args.work.resolve(), args.scene_size, args.seed)
-    index = load_index(data)
-    base = TrainConfig(data=data, device=args.device)
-    device = resolve_device(base.device)
-    optical_b = "C" not in index.columns  # LEVIR-style: A and B are both optical, no teacher input
-    modalities = {"A": "optical", "B": "optical"} if optical_b else dict(base.modalities)
-    env = _environment(device)
-    print(f"device {device}" + (f" ({env['gpu']})" if "gpu" in env else "") + f", torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs; data {data}: " + ", ".join(f"{s} {n}" for s, n in index.split.value_counts().items()))
+def _rounds(name: str, trainee: Trainee, first: dict, dataset: TileDataset, changed: list[int],
+            args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    """Rounds alternating bare and loop, so that a shared machine's load changes hit both alike."""
+    bare_runs: list[dict[str, Any]] = []
+    loop_runs: dict[int, list[dict[str, Any]]] = {w: [] for w in args.workers}
+    side = int(first["label"].shape[-1])
+    for round_ in range(args.rounds):
+        tag = f" (round {round_ + 1}/{args.rounds})" if args.rounds > 1 else ""
+        print(f"{name}: bare step, {args.warmup} + {args.iterations} steps, batch {args.batch_size}, "
+              f"{side}² px{tag} ...", flush=True)
+        run = measure_bare(trainee, first, args.warmup, args.iterations)
+        bare_runs.append(run)
+        print(f"  bare: {run['tiles_per_s']:.2f} tiles/s ({run['step_ms']:.0f} ms/step)", flush=True)
+        for workers in args.workers:
+            warm = loop_warmup(args.warmup, workers)
+            print(f"{name}: loop, {workers} workers, {warm} + {args.iterations} steps{tag} ...", flush=True)
+            run = measure_loop(trainee, dataset, changed, workers, warm, args.iterations)
+            loop_runs[workers].append(run)
+            print(f"  loop: {run['tiles_per_s']:.2f} tiles/s, ratio {run['tiles_per_s'] / bare_runs[-1]['tiles_per_s']:.2f}, "
+                  f"data wait {100 * run['data_wait_fraction']:.0f} %, epoch start {run['epoch_start_s']:.2f} s", flush=True)
+    return bare_runs, loop_runs
 
-    train_rows = index[index.split == "train"]
-    needed = (loop_warmup(args.warmup, max(args.workers)) + args.iterations + 1) * args.batch_size
-    repeat = max(1, math.ceil(needed / len(train_rows)))
-    long_index = pd.concat([index[index.split != "train"], *[train_rows] * repeat], ignore_index=True)
-    bands_all = check_index(index, [r for r in ("A", "B", "C") if r in index.columns])
 
-    results: dict[str, Any] = {
-        "environment": env,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "data": {"path": str(data), "train_tiles": int(len(train_rows)), "train_rows_repeated": repeat,
-                 "tile_size": TILE, "bands": bands_all},
-        "models": {},
-    }
-    crop = args.crop if args.crop and args.crop < TILE else None
-    side = crop or TILE  # replaced by the real sample size once a batch is read
-    stats_cache: dict[tuple[str, ...], Any] = {}
-    sample_costs: dict[str, Any] = {}
+def _loop_figures(runs: list[dict[str, Any]], bare_runs: list[dict[str, Any]], bare: dict[str, Any],
+                  cost: dict[str, Any], epoch_tiles: int, batch_size: int) -> dict[str, Any]:
+    """One worker count's loop throughput as ratios to the bare step, with the epoch start amortised."""
+    loop = _combine(runs, batch_size)
+    loop["ratio"] = loop["tiles_per_s"] / bare["tiles_per_s"]
+    loop["ratio_median_step"] = loop["tiles_per_s_median_step"] / bare["tiles_per_s_median_step"]
+    loop["ratio_best_step"] = loop["tiles_per_s_best_step"] / bare["tiles_per_s_best_step"]
+    loop["ratio_per_round"] = [r["tiles_per_s"] / b["tiles_per_s"] for r, b in zip(runs, bare_runs)]
+    loop["epoch_tiles"] = epoch_tiles
+    loop["tiles_per_s_with_epoch_start"] = epoch_tiles / (epoch_tiles / loop["tiles_per_s"] + loop["epoch_start_s"])
+    loop["ratio_with_epoch_start"] = loop["tiles_per_s_with_epoch_start"] / bare["tiles_per_s"]
+    # workers needed so that sample preparation alone keeps up with the bare step
+    loop["workers_needed_estimate"] = bare["tiles_per_s"] * cost["getitem_ms"] / 1000
+    loop["host_to_device_gib_per_s_at_bare_rate"] = bare["tiles_per_s"] * cost["sample_mib"] / 1024
+    return loop
 
-    for name in args.models:
-        config = TrainConfig(
-            data=data, model=name, batch_size=args.batch_size, workers=args.workers[0], crop=crop,
-            amp=args.amp, device=args.device, modalities=modalities,
-        )
-        roles, teacher = model_roles(config)
-        if any(role not in index.columns for role in roles):
-            print(f"{name}: skipped, the data has no {', '.join(r for r in roles if r not in index.columns)} tiles")
-            results["models"][name] = {"skipped": "missing roles"}
-            continue
-        bands = check_index(index, roles)
-        key = tuple(roles)
-        if key not in stats_cache:
-            stats_cache[key] = fit_normalization(index, {r: config.modalities[r] for r in roles}, seed=config.seed)
-        stats = stats_cache[key]
-        channels = channel_options(config, bands)
-        augment = AugmentSettings(crop=config.crop) if config.augment else None
-        dataset = TileDataset(long_index, "train", stats, augment=augment, seed=config.seed)
-        if "+".join(roles) not in sample_costs:
-            sample_costs["+".join(roles)] = sample_cost(dataset, args.sample_cost)
-        cost = sample_costs["+".join(roles)]
 
-        # One real batch (first of a worker-less loader) for the bare reference.
-        first = next(iter(_loader(dataset, config.model_copy(update={"workers": 0}), Distributed(), True, 0)))
-        height, width = first["label"].shape[-2:]
-        side = int(height)
-        flops = training_gflops(name, channels, (int(height), int(width)), teacher)
-        entry: dict[str, Any] = {"roles": roles, "channels": channels, "sample_px": [int(height), int(width)],
-                                 "train_forward_gflops_per_sample": flops}
-        _release(device)
-        trainee = Trainee(config, channels, device, teacher)
-        entry["params"] = models.count_parameters(trainee.model)
-        bare_runs: list[dict[str, Any]] = []
-        loop_runs: dict[int, list[dict[str, Any]]] = {w: [] for w in args.workers}
-        # Rounds alternate bare and loop so that a shared machine's load changes hit both alike.
-        for round_ in range(args.rounds):
-            tag = f" (round {round_ + 1}/{args.rounds})" if args.rounds > 1 else ""
-            print(f"{name}: bare step, {args.warmup} + {args.iterations} steps, batch {args.batch_size}, "
-                  f"{side}² px{tag} ...", flush=True)
-            run = measure_bare(trainee, first, args.warmup, args.iterations)
-            bare_runs.append(run)
-            print(f"  bare: {run['tiles_per_s']:.2f} tiles/s ({run['step_ms']:.0f} ms/step)", flush=True)
-            for workers in args.workers:
-                warm = loop_warmup(args.warmup, workers)
-                print(f"{name}: loop, {workers} workers, {warm} + {args.iterations} steps{tag} ...", flush=True)
-                run = measure_loop(trainee, dataset, workers, warm, args.iterations)
-                loop_runs[workers].append(run)
-                print(f"  loop: {run['tiles_per_s']:.2f} tiles/s, ratio {run['tiles_per_s'] / bare_runs[-1]['tiles_per_s']:.2f}, "
-                      f"data wait {100 * run['data_wait_fraction']:.0f} %, epoch start {run['epoch_start_s']:.2f} s", flush=True)
-        bare = _combine(bare_runs, args.batch_size)
-        bare["achieved_tflops"] = 3 * flops * bare["tiles_per_s"] / 1e3  # forward + backward ≈ 3 × forward
-        bare["peak_gpu_gib"] = _peak_gib(device)
-        entry["bare"] = bare
-        entry["loop"] = []
-        epoch_tiles = (len(train_rows) // args.batch_size) * args.batch_size
-        for workers, runs in loop_runs.items():
-            loop = _combine(runs, args.batch_size)
-            loop["ratio"] = loop["tiles_per_s"] / bare["tiles_per_s"]
-            loop["ratio_median_step"] = loop["tiles_per_s_median_step"] / bare["tiles_per_s_median_step"]
-            loop["ratio_best_step"] = loop["tiles_per_s_best_step"] / bare["tiles_per_s_best_step"]
-            loop["ratio_per_round"] = [r["tiles_per_s"] / b["tiles_per_s"] for r, b in zip(runs, bare_runs)]
-            loop["epoch_tiles"] = epoch_tiles
-            loop["tiles_per_s_with_epoch_start"] = epoch_tiles / (epoch_tiles / loop["tiles_per_s"] + loop["epoch_start_s"])
-            loop["ratio_with_epoch_start"] = loop["tiles_per_s_with_epoch_start"] / bare["tiles_per_s"]
-            # workers needed so that sample preparation alone keeps up with the bare step
-            loop["workers_needed_estimate"] = bare["tiles_per_s"] * cost["getitem_ms"] / 1000
-            loop["host_to_device_gib_per_s_at_bare_rate"] = bare["tiles_per_s"] * cost["sample_mib"] / 1024
-            entry["loop"].append(loop)
-        del trainee, first
-        results["models"][name] = entry
+def measure_model(name: str, config: TrainConfig, index: pd.DataFrame, stats, device: torch.device,
+                  cost_of, args: argparse.Namespace) -> dict[str, Any]:
+    """Bare and loop throughput of one model on the train split (``cost_of(dataset)``: the sample cost)."""
+    roles, teacher = model_roles(config)
+    channels = channel_options(config, check_index(index, roles))
+    augment = AugmentSettings(crop=config.crop) if config.augment else None
+    dataset = TileDataset(index, "train", stats, augment=augment, seed=config.seed)
+    changed = changed_tiles(index, "train") if config.sampling.change_share else []
+    cost = cost_of(dataset)
+    # One real batch (first of a worker-less loader) for the bare reference.
+    first = next(iter(drawn_loader(dataset, changed, config.model_copy(update={"workers": 0}), 1)))
+    height, width = (int(n) for n in first["label"].shape[-2:])
+    flops = training_gflops(name, channels, (height, width), teacher)
+    entry: dict[str, Any] = {"roles": roles, "channels": channels, "sample_px": [height, width],
+                             "train_forward_gflops_per_sample": flops}
+    _release(device)
+    trainee = Trainee(config, channels, device, teacher)
+    entry["params"] = models.count_parameters(trainee.model)
+    bare_runs, loop_runs = _rounds(name, trainee, first, dataset, changed, args)
+    bare = _combine(bare_runs, args.batch_size)
+    bare["achieved_tflops"] = 3 * flops * bare["tiles_per_s"] / 1e3  # forward + backward ≈ 3 × forward
+    bare["peak_gpu_gib"] = _peak_gib(device)
+    epoch_tiles = (len(dataset) // args.batch_size) * args.batch_size
+    entry["bare"] = bare
+    entry["loop"] = [_loop_figures(runs, bare_runs, bare, cost, epoch_tiles, args.batch_size)
+                     for runs in loop_runs.values()]
+    return entry
 
-    results["sample_cost_ms"] = sample_costs
-    results["complexity_512"] = complexity_rows(bands_all)
 
-    # ---- report
-    amp = "bf16 autocast" if (args.amp and device.type == "cuda") else "fp32"
-    print()
-    print(f"Training throughput on {env.get('gpu', 'CPU')} ({device}, {amp}), batch {args.batch_size}, "
+def print_throughput(results: dict[str, Any], device: torch.device, args: argparse.Namespace) -> None:
+    """The throughput table: bare and loop tiles/s and their ratios per model and worker count."""
+    env, amp = results["environment"], "bf16 autocast" if (args.amp and device.type == "cuda") else "fp32"
+    side = next((e["sample_px"][0] for e in results["models"].values() if "sample_px" in e), TILE)
+    print(f"\nTraining throughput on {env.get('gpu', 'CPU')} ({device}, {amp}), batch {args.batch_size}, "
           f"{side}² px samples, {args.rounds} x {args.iterations} timed steps after warm-up")
     header = (f"{'model':<14}{'workers':>8}{'bare t/s':>10}{'loop t/s':>10}{'ratio':>7}{'r(med)':>8}{'r(min)':>8}{'goal':>6}"
               f"{'wait %':>8}{'ep.start s':>11}{'r/epoch':>9}{'need w':>8}{'TFLOP/s':>9}{'GiB':>6}")
@@ -546,9 +525,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           "fastest step\n(robust to a shared machine's load); wait %: time in next(loader); need w: workers whose single-process sample cost matches the bare step rate; "
           "TFLOP/s: 3 x training-forward FLOPs x bare tiles/s")
     print(f"r/epoch: with the epoch start (worker start-up, first batch) amortised over this data's epoch of "
-          f"{(len(train_rows) // args.batch_size) * args.batch_size} tiles")
+          f"{results['data']['epoch_tiles']} tiles")
+
+
+def print_costs(results: dict[str, Any]) -> None:
+    """Single-process sample costs and the parameters and FLOPs of every model."""
     print()
-    for roles, c in sample_costs.items():
+    for roles, c in results["sample_cost_ms"].items():
         reads = ", ".join(f"{k[5:-3]} {v:.1f}" for k, v in c.items() if k.startswith("read_") and k != "read_ms")
         print(f"One TileDataset sample ({roles}), single process: {c['getitem_ms']:.1f} ms = reads {c['read_ms']:.1f} "
               f"({reads}) + normalise {c.get('normalize_ms', 0):.1f} + geometry {c.get('geometry_ms', 0):.1f} + "
@@ -563,12 +546,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{row['bands']:<24}{row['model']:<14}{row['params_inference'] / 1e6:>11.2f}M{row['gflops_inference']:>12.1f}"
               f"{row['params_training'] / 1e6:>13.2f}M{row['gflops_training_forward']:>18.1f}")
 
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = args.data.resolve() if args.data else prepare_synthetic(args.work.resolve(), args.scene_size, args.seed)
+    index = load_index(data)
+    base = TrainConfig(data=data, device=args.device)
+    device = resolve_device(base.device)
+    optical_b = "C" not in index.columns  # LEVIR-style: A and B are both optical, no teacher input
+    modalities = {"A": "optical", "B": "optical"} if optical_b else dict(base.modalities)
+    env = _environment(device)
+    print(f"device {device}" + (f" ({env['gpu']})" if "gpu" in env else "") + f", torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs; data {data}: " + ", ".join(f"{s} {n}" for s, n in index.split.value_counts().items()))
+    train_tiles = int((index.split == "train").sum())
+    bands_all = check_index(index, [r for r in ("A", "B", "C") if r in index.columns])
+    results: dict[str, Any] = {
+        "environment": env,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "data": {"path": str(data), "train_tiles": train_tiles, "tile_size": TILE, "bands": bands_all,
+                 "epoch_tiles": (train_tiles // args.batch_size) * args.batch_size},
+        "models": {},
+    }
+    crop = args.crop if args.crop and args.crop < TILE else None
+    stats_cache: dict[tuple[str, ...], Any] = {}
+    sample_costs: dict[str, Any] = {}
+    for name in args.models:
+        config = TrainConfig(data=data, model=name, batch_size=args.batch_size, workers=args.workers[0], crop=crop,
+                             amp=args.amp, device=args.device, modalities=modalities)
+        roles, _ = model_roles(config)
+        if any(role not in index.columns for role in roles):
+            print(f"{name}: skipped, the data has no {', '.join(r for r in roles if r not in index.columns)} tiles")
+            results["models"][name] = {"skipped": "missing roles"}
+            continue
+        key = "+".join(roles)
+        if key not in stats_cache:
+            stats_cache[key] = fit_normalization(index, {r: config.modalities[r] for r in roles}, seed=config.seed)
+
+        def cost_of(dataset: TileDataset, key: str = key) -> dict[str, Any]:
+            return sample_costs.setdefault(key, sample_cost(dataset, args.sample_cost))
+
+        results["models"][name] = measure_model(name, config, index, stats_cache[key], device, cost_of, args)
+    results["sample_cost_ms"] = sample_costs
+    results["complexity_512"] = complexity_rows(bands_all)
+    print_throughput(results, device, args)
+    print_costs(results)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         print(f"\nJSON: {args.json}")
     return results
-
 
 if __name__ == "__main__":
     main()
