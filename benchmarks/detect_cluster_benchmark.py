@@ -22,7 +22,7 @@ Usage (from the repository root)::
     dask scheduler --port 8786 &
     for i in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$i dask worker tcp://HOST:8786 --nthreads 1 --resources GPU=1 & done
     .venv/bin/python benchmarks/detect_cluster_benchmark.py --size 20000 --device cuda --block-size 2048 \\
-        --overlap 0.5 --dask-address tcp://HOST:8786 --json cluster-gpu.json
+        --overlap 0.5 --batch-size 16 --workers 4 --dask-address tcp://HOST:8786 --json cluster-gpu-4.json
     # or torchrun over the same block plan: torchrun --nproc-per-node 4 --no-python changeflow detect -c det.yaml -o out/
 
 The hidden sub-command ``_child`` is the measured process.
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-size", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dask-address", default=None, help="an existing cluster instead of LocalClusters")
+    parser.add_argument("--dask-address", default=None, help="an existing cluster instead of LocalClusters: "
+                        "tasks go to all its workers, so give --workers the number of workers it has")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "changeflow-cluster-bench")
