@@ -31,7 +31,7 @@ from pipeline.review.tiles import PROBABILITY_LAYER, NoTile, TileSource
 TOKEN_HEADER = "X-Review-Token"
 Status = Literal["pending", "accepted", "rejected", "edited", "added", "deleted"]
 KEYS = {  # shown on the page; the page's script binds the same keys
-    "a": "accept the current candidate", "r": "reject the current candidate", "n": "next candidate",
+    "a": "accept the current candidate", "r": "reject the current candidate", "n": "next pending candidate",
     "p": "previous candidate", "d": "draw a new polygon", "e": "edit vertices of the selected feature",
     "g": "click-to-grow from the probability", "Delete": "delete the selected drawn feature / reject a candidate",
     "z (Ctrl+Z)": "undo", "Escape": "stop drawing / editing", "f (hold)": "flicker: show t2 in the t1 pane",

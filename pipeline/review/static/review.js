@@ -332,7 +332,15 @@ function undo() {
 
 function goTo(offset) {
   if (!state.queue.length) { say("no candidates"); return; }
-  state.index = (state.index + offset + state.queue.length) % state.queue.length;
+  const size = state.queue.length;
+  let index = (state.index + offset + size) % size;
+  if (offset > 0) {  // forward: the next candidate still pending, if any is
+    for (let step = 0; step < size; step += 1) {
+      const candidate = state.features.getFeatureById(state.queue[(index + step) % size]);
+      if (candidate && candidate.get("status") === "pending") { index = (index + step) % size; break; }
+    }
+  }
+  state.index = index;
   state.current = state.queue[state.index];
   const feature = state.features.getFeatureById(state.current);
   state.select.getFeatures().clear();
