@@ -6,7 +6,9 @@ import json
 import shutil
 
 import pytest
+import rasterio
 import shapely
+from affine import Affine
 from shapely.geometry import mapping
 from typer.testing import CliRunner
 
@@ -30,11 +32,25 @@ def test_detection_of_another_group_is_refused(scene, tmp_path):
     assert error.value.path == scene.detection_dir / "change_probability.tif"
 
 
-def test_detection_on_another_grid_is_refused(scene, tmp_path):
+def test_detection_on_another_grid_is_refused(scene):
+    probability = scene.detection_dir / "change_probability.tif"
+    with rasterio.open(probability) as dataset:
+        profile, data, tags = dataset.profile, dataset.read(), dataset.tags()
+    profile.update(driver="GTiff", transform=Affine(4.0, 0, 500400.0, 0, -4.0, 3500000.0))
+    with rasterio.open(probability, "w", **profile) as dataset:  # same group tag, shifted 100 px east
+        dataset.write(data)
+        dataset.update_tags(**tags)
+    with pytest.raises(InputError, match="is not on the grid of group 'g1'.*belongs to another group") as error:
+        open_review_group(scene.prepared, scene.detections, "g1")
+    assert error.value.path == probability
+
+
+def test_grid_cog_off_the_manifest_grid_is_refused(scene):
     manifest = scene.group_dir / "manifest.json"
     manifest.write_text(manifest.read_text().replace("500000.0", "500400.0"))
-    with pytest.raises(InputError, match="is not on the grid"):
+    with pytest.raises(InputError, match="is not on the grid recorded in") as error:
         open_review_group(scene.prepared, scene.detections, "g1")
+    assert error.value.path == scene.group_dir / "grid" / "A.tif"
 
 
 def test_missing_grid_cog_is_named(scene):
