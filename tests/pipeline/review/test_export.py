@@ -131,3 +131,12 @@ def test_reviewed_cells_are_no_change_where_nothing_else_is_said(client, store, 
     assert (label[:512, 512:] == 0).all()  # cell (0, 1): 512 rows x 88 columns, no candidate in it
     assert (label[:, :512] == 255).all() and (label[512:] == 255).all()
     assert summary["reviewed_cells"] == 1 and summary["pixels"]["0"] == 512 * 88
+
+
+def test_cli_export_without_a_store_says_so(scene, tmp_path):
+    result = CliRunner().invoke(cli, ["review", "export", "--prepared", str(scene.prepared), "--detections",
+                                      str(scene.detections), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "no review store" in result.output
+    assert not (tmp_path / "out").exists()
+    missing = CliRunner().invoke(cli, ["review", "export", "--prepared", str(scene.prepared)])
+    assert missing.exit_code == 2 and "give --prepared OUT and --detections DET" in missing.output
