@@ -1,6 +1,6 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
 
-The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe toggles); a
+The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe and flicker toggle); a
 candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode)
 reach the store; a stale edit after another reviewer's is refused and shown as a conflict; the export
 has the expected label pixels; edits made while the server is away stay queued (the page warns before
@@ -154,6 +154,10 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     body.send_keys("s")
     assert browser.execute_script("return review.panes.t1.compare.getVisible()") is True
     body.send_keys("s")
+    assert browser.execute_script("return review.panes.t1.compare.getVisible()") is False
+    ActionChains(browser).key_down("f").perform()  # flicker: t2 shown while f is held
+    assert browser.execute_script("return review.panes.t1.compare.getVisible()") is True
+    ActionChains(browser).key_up("f").perform()
     assert browser.execute_script("return review.panes.t1.compare.getVisible()") is False
 
     # the queue starts with the most uncertain candidate: the false alarm; reject it, accept the next
