@@ -470,7 +470,7 @@ def gdal_mt_tile_child(images_json: str, out_dir: str, black_json: str) -> int:
                 data = arrays[role].reshape(-1, TILE_SIZE, TILE_SIZE)
                 band = ds.GetRasterBand(1)
                 tile = driver.Create(str(Path(out_dir) / role / f"x{x}_y{y}.tif"), TILE_SIZE, TILE_SIZE, data.shape[0],
-                                     band.DataType, _tile_options(images[role]["predictor"]))
+                                     band.DataType, [*_tile_options(images[role]["predictor"]), f"ZLEVEL={rule['level']}"])
                 origin_x, res_x, _, origin_y, _, res_y = ds.GetGeoTransform()
                 tile.SetGeoTransform((origin_x + x * res_x, res_x, 0, origin_y + y * res_y, 0, res_y))
                 tile.SetProjection(ds.GetProjection())
@@ -599,7 +599,9 @@ def run_gdal_mt(paths: dict[str, Path], work: Path, *, gdal_cachemax: int | None
     Per image: ``gdalwarp -multi -wo NUM_THREADS=ALL_CPUS`` onto A's grid into an uncompressed tiled
     staging GTiff (A is only translated: it is the grid), ``gdal_translate -of COG`` of it with
     ``NUM_THREADS=ALL_CPUS`` (staging removed), then :func:`gdal_mt_tile_child`: changeflow's
-    black/nodata filter in numpy and the kept tiles, on one thread per CPU. Not done: co-registration,
+    black/nodata filter in numpy and the kept tiles, on one thread per CPU. COGs and tiles use
+    changeflow's DEFLATE level (``tiling.deflate_level``), as the first reference uses GDAL's default
+    (6) like changeflow did before that setting. Not done: co-registration,
     the split blocks (windows every 256 px over the whole grid, not inside split blocks over the common
     valid area), the tile index and the split.
     """
@@ -618,7 +620,8 @@ def run_gdal_mt(paths: dict[str, Path], work: Path, *, gdal_cachemax: int | None
     with rasterio.open(paths["A"]) as ref:
         crs, res = ref.crs.to_string(), abs(ref.transform.a)
         left, bottom, right, top = ref.bounds
-    cog = [arg for option in COG_OPTIONS for arg in ("-co", option)]
+    level = TilingConfig().deflate_level  # changeflow's DEFLATE level for its grid COGs and tiles
+    cog = [arg for option in COG_OPTIONS for arg in ("-co", option.replace("LEVEL=6", f"LEVEL={level}"))]
     steps: dict[str, list[str]] = {}
     for role in ("A", "B", "C", "label"):
         categorical = role == "label"
@@ -646,7 +649,7 @@ def run_gdal_mt(paths: dict[str, Path], work: Path, *, gdal_cachemax: int | None
             images[role] = {"path": str(cogs / f"{role}.tif"), "width": ds.width, "height": ds.height,
                             "predictor": 3 if ds.dtypes[0].startswith("float") else 2}
     tiling = TilingConfig()
-    rule = {"black_value": tiling.black_value, "black_threshold": tiling.black_threshold}
+    rule = {"black_value": tiling.black_value, "black_threshold": tiling.black_threshold, "level": level}
     name = f"tiles+filter({os.cpu_count()} threads)"
     measured[name] = measure([python, str(Path(__file__).resolve()), "_gdal-mt-tile-child", json.dumps(images),
                               out / "tiles", json.dumps(rule)], log=work / "gdal-mt.log", env=env)
