@@ -1,12 +1,13 @@
 """The review page in a real headless Chromium (Debian's chromium + chromium-driver, driven by Selenium).
 
-The page loads both panes; a drag in one pane moves the other (cursor mirrored, swipe and flicker toggle); a
-candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit mode)
-reach the store; a stale edit after another reviewer's is refused and shown as a conflict; the export
-has the expected label pixels; edits made while the server is away stay queued (the page warns before
-closing) and are sent when it is back; a screenshot is kept (``review.png`` in the test's tmp folder, and in
-``$CHANGEFLOW_TEST_ARTEFACTS`` when set). Skips with the reason when the browser or its driver is not
-installed (`make test` installs them as root).
+The page loads both panes; a drag in one pane moves the other (cursor mirrored; swipe and flicker
+toggle); a candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit
+mode) reach the store; a stale edit after another reviewer's is refused and shown as a conflict; undo
+reverts; the export has the expected label pixels; click-to-grow adds the region under a click; edits
+made while the server is away stay queued (the page warns before closing) and are sent when it is
+back. A screenshot is kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS``
+when set). Skips with the reason when the browser or its driver is not installed (`make test` installs
+them as root).
 """
 
 from __future__ import annotations
@@ -267,3 +268,27 @@ def test_unsaved_edits_wait_for_the_server_and_are_retried(browser, served):
     _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
     assert _candidate(store, FALSE_ALARM)["status"] == "accepted"
     assert browser.execute_script(leaving) is False
+
+
+def test_click_to_grow_adds_the_region_under_the_click(browser, served):
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    group, store, server = served
+    browser.get(server.url)
+    _wait(browser, "return window.review && review.ready")
+    threshold = browser.find_element("id", "prob-threshold")  # lowered to 0.30: the faint change is at 0.4
+    browser.execute_script("arguments[0].value = 30; arguments[0].dispatchEvent(new Event('change'));", threshold)
+    assert browser.find_element("id", "threshold-value").text == "0.30"
+    left, bottom, right, top = pixel_box(*CHANGES[3])
+    browser.execute_script(f"review.view.fit([{left - 40}, {bottom - 40}, {right + 40}, {top + 40}]);")
+    time.sleep(0.5)
+    browser.find_element("tag name", "body").send_keys("g")
+    actions = ActionChains(browser)
+    _click_at(browser, actions, (left + right) / 2, (top + bottom) / 2)
+    actions.perform()
+    _wait(browser, "return review.ops.length === 0 && review.features.getFeatures().length === 5")
+    _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
+    added = [f for f in store.features() if f["status"] == "added"]
+    assert len(added) == 1
+    assert shapely.from_wkb(added[0]["geometry"]).equals(shapely.box(left, bottom, right, top))
+    assert "grown: 400 px" in browser.find_element("id", "message").text

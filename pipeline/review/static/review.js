@@ -241,18 +241,21 @@ async function sendOps() {
           response = await write("PATCH", `/api/features/${op.uuid}`, { ...op.body, version, op_id: op.op_id });
         }
       } catch (error) {
+        state.failing = true;
         say(`not saved yet (${error.message}); retrying`);
         return;  // network down: keep the queue, retry later
       }
-      const answer = await response.json();
+      const answer = await response.json().catch(() => ({ detail: response.statusText }));
       if (response.ok) {
         if (op.kind !== "cell") applyServer(answer);
-        say("");
+        if (state.failing) say("");  // the retry notice is over; other messages stay
+        state.failing = false;
       } else if (response.status === 409) {
         applyServer(answer.current);
         state.undo = state.undo.filter((step) => step.uuid !== op.uuid);  // that history is superseded
         say(`conflict: ${answer.current.properties.reviewer || "someone"} changed this feature first; their version is shown, yours was not applied`);
       } else if (response.status >= 500) {
+        state.failing = true;
         say(`server error ${response.status}; retrying`);
         return;
       } else {
