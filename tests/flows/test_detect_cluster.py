@@ -126,12 +126,17 @@ def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(prepared, tmp_p
     assert time.monotonic() - started < 120
 
 
-def test_detection_under_torchrun_on_two_ranks_gives_the_one_process_rasters(prepared, tmp_path):
+def test_detection_under_torchrun_on_two_ranks_gives_the_one_process_rasters(prefect_backend, prepared, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     config = _config(prepared, "torchrun", "groups: [g1]\n")
+    # Rank 0 runs the detect flow against the test's Prefect server (a server as on a cluster, and no
+    # ephemeral one started in the subprocess).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": PREFECT_API_URL.value()}
     two = subprocess.run(
         [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "changeflow"),
-         "detect", "-c", str(config), "-o", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+         "detect", "-c", str(config), "-o", str(tmp_path / "two")], capture_output=True, text=True, timeout=600,
+        env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "rank 1: 6 blocks computed" in two.stderr  # half of the 12 blocks, by plan index
     one = detect_group(prepared / "prepared" / "groups" / "g1", prepared / "model.pt", tmp_path / "one",
