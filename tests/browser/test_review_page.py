@@ -164,6 +164,8 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     # the queue starts with the most uncertain candidate: the false alarm; reject it, accept the next
     body.send_keys("n")
     body.send_keys("r")
+    comment = browser.find_element("id", "comment")
+    comment.send_keys("cloud shadow", Keys.ENTER)
     body.send_keys("n")
     body.send_keys("a")
 
@@ -184,6 +186,7 @@ def test_review_page_end_to_end(browser, served, tmp_path):
         shutil.copy(screenshot, Path(os.environ["CHANGEFLOW_TEST_ARTEFACTS"]) / "review.png")
 
     assert _candidate(store, FALSE_ALARM)["status"] == "rejected"
+    assert _candidate(store, FALSE_ALARM)["comment"] == "cloud shadow"
     assert _candidate(store, CHANGES[1])["status"] == "accepted"  # largest of the p 0.9 candidates
     added = [f for f in store.features() if f["status"] == "added"]
     assert len(added) == 1 and added[0]["reviewer"] == "selenium"

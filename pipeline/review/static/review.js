@@ -352,6 +352,7 @@ function goTo(offset) {
     state.view.fit(ol.extent.buffer(feature.getGeometry().getExtent(), 40 * finest),
                    { minResolution: finest / 2, duration: 0 });
   }
+  document.getElementById("comment").value = feature ? feature.get("comment") || "" : "";
   state.features.changed();
   updateStatus();
 }
@@ -431,6 +432,12 @@ function setupControls() {
     state.undo.push({ uuid: feature.getId(), status: feature.get("status"), featureClass: feature.get("class") });
     feature.set("class", Number(event.target.value));
     enqueue({ kind: "update", uuid: feature.getId(), body: { class: Number(event.target.value) } });
+  });
+  document.getElementById("comment").addEventListener("change", (event) => {
+    const feature = selected();
+    if (!feature || event.target.value === feature.get("comment")) return;
+    feature.set("comment", event.target.value);
+    enqueue({ kind: "update", uuid: feature.getId(), body: { comment: event.target.value } });
   });
   document.getElementById("prob-on").addEventListener("change", (event) => {
     for (const pane of Object.values(state.panes)) pane.probability.setVisible(event.target.checked);
