@@ -60,7 +60,9 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -190,6 +192,117 @@ def group_for_size(size: int, args: argparse.Namespace, created: list[Path]) -> 
 # Measured children
 
 
+def _time_forward(stats: dict[str, Any], sync: Callable[[], None]) -> None:
+    """Time every model forward inside detection (``accumulate.predict``)."""
+    import pipeline.detect.accumulate as accumulate
+
+    predict = accumulate.predict
+
+    def timed_predict(model, t1, t2, tta, text=None):
+        sync()
+        t0 = time.perf_counter()
+        out = predict(model, t1, t2, tta, text)
+        sync()
+        stats["forward_s"] += time.perf_counter() - t0
+        stats["forward_calls"] += 1
+        stats["windows"] += int(t1.shape[0])
+        stats["batch_sizes"].append(int(t1.shape[0]))
+        return out
+
+    accumulate.predict = timed_predict
+
+
+def _time_reads(stats: dict[str, Any]) -> None:
+    """Time the window reads (reader threads: busy time) and the loop's waits for the next batch."""
+    import pipeline.detect.reading as reading
+
+    prefetched, read, lock = reading.prefetched, reading.WindowReader.read, threading.Lock()
+
+    def timed_prefetched(*args, **kwargs):
+        stats["t_loop"], stats["wall_loop"] = time.perf_counter(), time.time()
+        inner = prefetched(*args, **kwargs)
+
+        def waiting():
+            try:
+                while True:
+                    t0 = time.perf_counter()
+                    try:
+                        item = next(inner)
+                    except StopIteration:
+                        return
+                    stats["input_wait_s"] += time.perf_counter() - t0
+                    yield item
+            finally:
+                inner.close()
+
+        return waiting()
+
+    def timed_read(self, offsets):
+        t0 = time.perf_counter()
+        try:
+            return read(self, offsets)
+        finally:
+            with lock:
+                stats["read_s"] += time.perf_counter() - t0
+                stats["read_calls"] += 1
+
+    reading.prefetched = timed_prefetched
+    reading.WindowReader.read = timed_read
+
+
+def _time_writes(stats: dict[str, Any]) -> None:
+    """Time block staging (finished blocks, carries) and the COG writes."""
+    import pipeline.detect.output as output
+    from pipeline.detect.staging import Staging
+
+    def timed_method(cls, name):
+        method = getattr(cls, name)
+
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                stats["staging_s"] += time.perf_counter() - t0
+
+        setattr(cls, name, wrapper)
+
+    write_cog = output.write_cog_from_blocks
+
+    def timed_cog(*args, **kwargs):
+        t0 = time.perf_counter()
+        if stats["t_cog"] is None:
+            stats["t_cog"], stats["wall_cog"] = t0, time.time()
+        try:
+            return write_cog(*args, **kwargs)
+        finally:
+            stats["cog_s"] += time.perf_counter() - t0
+
+    for name in ("finish_block", "save_carry"):
+        timed_method(Staging, name)
+    output.write_cog_from_blocks = timed_cog
+
+
+def _breakdown(stats: dict[str, Any], t0: float, t1: float) -> dict[str, Any]:
+    """Where detection's time went, from the timers (setup, loop parts, COG write)."""
+    setup = (stats["t_loop"] or t1) - t0
+    loop = (stats["t_cog"] or t1) - (stats["t_loop"] or t0)
+    return {
+        "setup_s": setup,  # checkpoint, checks, model build, plan, fingerprint (hashes the checkpoint)
+        "loop_s": loop,
+        "forward_s": stats["forward_s"],
+        "input_wait_s": stats["input_wait_s"],
+        "staging_s": stats["staging_s"],
+        "blend_other_s": loop - stats["forward_s"] - stats["input_wait_s"] - stats["staging_s"],
+        "cog_s": stats["cog_s"],
+        "read_busy_s": stats["read_s"],
+        "read_calls": stats["read_calls"],
+        "forward_calls": stats["forward_calls"],
+        "windows": stats["windows"],
+        "batch_sizes": stats["batch_sizes"],
+    }
+
+
 def detect_child(spec_path: str) -> int:
     """Runs in the measured subprocess: ``detect_group`` with timers around detect's functions."""
     spec = json.loads(Path(spec_path).read_text())
@@ -198,11 +311,7 @@ def detect_child(spec_path: str) -> int:
 
     import torch
 
-    import pipeline.detect.accumulate as accumulate
-    import pipeline.detect.output as output
-    import pipeline.detect.reading as reading
     import pipeline.detect.sliding as d
-    from pipeline.detect.staging import Staging
     from pipeline.learn.device import resolve_device
 
     if spec.get("torch_threads"):
@@ -211,96 +320,21 @@ def detect_child(spec_path: str) -> int:
     device = resolve_device(spec["kwargs"]["device"])
     cuda = device.type == "cuda"
     breakdown = spec.get("breakdown", True)
-    sync = torch.cuda.synchronize if cuda and breakdown else (lambda: None)
-    perf = time.perf_counter
     stats = {"forward_s": 0.0, "forward_calls": 0, "windows": 0, "batch_sizes": [], "input_wait_s": 0.0,
              "read_s": 0.0, "read_calls": 0, "staging_s": 0.0, "cog_s": 0.0, "t_loop": None, "t_cog": None,
              "wall_loop": None, "wall_cog": None}
-    lock = threading.Lock()
-
     if breakdown:
-        predict = accumulate.predict
-
-        def timed_predict(model, t1, t2, tta, text=None):
-            sync()
-            t0 = perf()
-            out = predict(model, t1, t2, tta, text)
-            sync()
-            stats["forward_s"] += perf() - t0
-            stats["forward_calls"] += 1
-            stats["windows"] += int(t1.shape[0])
-            stats["batch_sizes"].append(int(t1.shape[0]))
-            return out
-
-        prefetched = reading.prefetched
-
-        def timed_prefetched(*args, **kwargs):
-            stats["t_loop"], stats["wall_loop"] = perf(), time.time()
-            inner = prefetched(*args, **kwargs)
-
-            def waiting():
-                try:
-                    while True:
-                        t0 = perf()
-                        try:
-                            item = next(inner)
-                        except StopIteration:
-                            return
-                        stats["input_wait_s"] += perf() - t0
-                        yield item
-                finally:
-                    inner.close()
-
-            return waiting()
-
-        read = reading.WindowReader.read
-
-        def timed_read(self, offsets):
-            t0 = perf()
-            try:
-                return read(self, offsets)
-            finally:
-                with lock:
-                    stats["read_s"] += perf() - t0
-                    stats["read_calls"] += 1
-
-        def timed_method(cls, name):
-            method = getattr(cls, name)
-
-            def wrapper(*args, **kwargs):
-                t0 = perf()
-                try:
-                    return method(*args, **kwargs)
-                finally:
-                    stats["staging_s"] += perf() - t0
-
-            setattr(cls, name, wrapper)
-
-        write_cog = output.write_cog_from_blocks
-
-        def timed_cog(*args, **kwargs):
-            t0 = perf()
-            if stats["t_cog"] is None:
-                stats["t_cog"], stats["wall_cog"] = t0, time.time()
-            try:
-                return write_cog(*args, **kwargs)
-            finally:
-                stats["cog_s"] += perf() - t0
-
-        accumulate.predict = timed_predict
-        reading.prefetched = timed_prefetched
-        reading.WindowReader.read = timed_read
-        for name in ("finish_block", "save_carry"):
-            timed_method(Staging, name)
-        output.write_cog_from_blocks = timed_cog
+        _time_forward(stats, torch.cuda.synchronize if cuda else (lambda: None))
+        _time_reads(stats)
+        _time_writes(stats)
 
     t_imported = time.time()
     cpu0 = time.process_time()
     wall0 = time.time()
-    t0 = perf()
+    t0 = time.perf_counter()
     result = d.detect_group(Path(spec["group"]), Path(spec["checkpoint"]), Path(spec["out"]),
                             d.DetectSettings(**spec["kwargs"]))
-    t1 = perf()
+    t1 = time.perf_counter()
     if cuda:
         torch.cuda.synchronize()
     out = {
@@ -318,22 +352,7 @@ def detect_child(spec_path: str) -> int:
         out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         out["gpu"] = torch.cuda.get_device_name(device)
     if breakdown:
-        setup = (stats["t_loop"] or t1) - t0
-        loop = (stats["t_cog"] or t1) - (stats["t_loop"] or t0)
-        out.update({
-            "setup_s": setup,  # checkpoint, checks, model build, plan, fingerprint (hashes the checkpoint)
-            "loop_s": loop,
-            "forward_s": stats["forward_s"],
-            "input_wait_s": stats["input_wait_s"],
-            "staging_s": stats["staging_s"],
-            "blend_other_s": loop - stats["forward_s"] - stats["input_wait_s"] - stats["staging_s"],
-            "cog_s": stats["cog_s"],
-            "read_busy_s": stats["read_s"],
-            "read_calls": stats["read_calls"],
-            "forward_calls": stats["forward_calls"],
-            "windows": stats["windows"],
-            "batch_sizes": stats["batch_sizes"],
-        })
+        out.update(_breakdown(stats, t0, t1))
     Path(spec["result"]).write_text(json.dumps(out))
     return 0
 
