@@ -600,13 +600,8 @@ def _size_map(values: list[str] | None, what: str) -> dict[int, Path]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_detect-child":
-        return detect_child(argv[1])
-    if argv and argv[0] == "_reference-child":
-        return reference_child(argv[1])
-
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The benchmark's options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[4000],
                         help="Scene sides (px) for throughput and ratio with --models.")
@@ -639,16 +634,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="Write the figures to this JSON file.")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="Only print the tables of earlier --json files (rows of several files together).")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def print_saved(args: argparse.Namespace) -> None:
+    """The tables of earlier --json files (rows of several files together; titles from the first's settings)."""
+    rows = []
+    for path in args.report:
+        saved = json.loads(path.read_text())
+        rows += [derive(row) for row in saved["results"]]
+        for key, value in saved["settings"].items():
+            if key in ("window", "batch_size", "block_size", "device", "tta"):
+                setattr(args, key, value)
+    print_report(rows, args)
+
+
+def _remove_outputs(args: argparse.Namespace, plan_runs: list[tuple[int, str, str]], created: list[Path]) -> None:
+    """Remove the generated scenes and detect outputs, and the work folders left empty."""
+    for path in created:
+        shutil.rmtree(path, ignore_errors=True)
+    sizes = {s for s, _, _ in plan_runs}
+    for size in sizes:
+        for model in set(args.models) | {args.rss_model}:
+            for purpose in ("throughput", "rss"):
+                shutil.rmtree(args.workdir / f"n{size}" / f"{model}-{purpose}", ignore_errors=True)
+    for folder in [*(args.workdir / f"n{size}" for size in sizes), args.workdir]:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_detect-child":
+        return detect_child(argv[1])
+    if argv and argv[0] == "_reference-child":
+        return reference_child(argv[1])
+    args = parse_args(argv)
     if args.report:
-        rows = []
-        for path in args.report:
-            saved = json.loads(path.read_text())
-            rows += [derive(row) for row in saved["results"]]
-            for key, value in saved["settings"].items():  # the tables' titles show the first file's settings
-                if key in ("window", "batch_size", "block_size", "device", "tta"):
-                    setattr(args, key, value)
-        print_report(rows, args)
+        print_saved(args)
         return 0
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -676,17 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(), "results": rows}), indent=1))
     finally:
         if not args.keep:
-            for path in created:
-                shutil.rmtree(path, ignore_errors=True)
-            for size in {s for s, _, _ in plan_runs}:
-                for model in set(args.models) | {args.rss_model}:
-                    for purpose in ("throughput", "rss"):
-                        shutil.rmtree(args.workdir / f"n{size}" / f"{model}-{purpose}", ignore_errors=True)
-            for folder in [*(args.workdir / f"n{size}" for size in {s for s, _, _ in plan_runs}), args.workdir]:
-                try:
-                    folder.rmdir()  # only when empty
-                except OSError:
-                    pass
+            _remove_outputs(args, plan_runs, created)
     print_report(rows, args)
     print(f"total {time.time() - started:.0f} s")
     return 0
