@@ -4,8 +4,8 @@ The page loads both panes; a drag in one pane moves the other (cursor mirrored; 
 toggle); a candidate accepted, one rejected, a polygon drawn with the mouse and its vertex dragged (edit
 mode) reach the store; a stale edit after another reviewer's is refused and shown as a conflict; undo
 reverts; the export has the expected label pixels; click-to-grow adds the region under a click; edits
-made while the server is away stay queued (the page warns before closing) and are sent when it is
-back. A screenshot is kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS``
+made while the server is away stay queued (the page warns before closing), also across closing and
+reopening the page, and are sent when it is back. A screenshot is kept (``review.png`` in the test's tmp folder, and in ``$CHANGEFLOW_TEST_ARTEFACTS``
 when set). Skips with the reason when the browser or its driver is not installed (`make test` installs
 them as root).
 """
@@ -24,6 +24,7 @@ import pytest
 import rasterio
 import shapely
 import uvicorn
+from selenium.webdriver.common.keys import Keys
 
 from pipeline.review.app import create_app
 from pipeline.review.candidates import open_store
@@ -51,6 +52,7 @@ def browser(tmp_path, monkeypatch):
     options.binary_location = str(CHROMIUM)
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
+    options.set_capability("unhandledPromptBehavior", "accept")  # "leave the page?" answered yes
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
     yield driver
     driver.quit()
@@ -123,7 +125,6 @@ def _candidate(store, square) -> dict:
 
 def test_review_page_end_to_end(browser, served, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
 
     group, store, server = served
     browser.get(server.url)
@@ -267,10 +268,14 @@ def test_unsaved_edits_wait_for_the_server_and_are_retried(browser, served):
     leaving = "const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); return e.defaultPrevented;"
     assert browser.execute_script(leaving) is True  # the page warns before it is closed
     assert _candidate(store, FALSE_ALARM)["status"] == "pending"
+    browser.get("about:blank")  # the page is closed with the edit unsent; it is kept in localStorage
     server.start()
+    browser.get(server.url)  # opened again: the kept edit is sent
+    _wait(browser, "return window.review && review.ready && review.ops.length === 0")
     _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
     assert _candidate(store, FALSE_ALARM)["status"] == "accepted"
     assert browser.execute_script(leaving) is False
+    assert browser.execute_script("return localStorage.length") == 0
 
 
 def test_click_to_grow_adds_the_region_under_the_click(browser, served):
@@ -295,3 +300,23 @@ def test_click_to_grow_adds_the_region_under_the_click(browser, served):
     assert len(added) == 1
     assert shapely.from_wkb(added[0]["geometry"]).equals(shapely.box(left, bottom, right, top))
     assert "grown: 400 px" in browser.find_element("id", "message").text
+
+
+def test_offline_edits_over_another_reviewers_change_are_refused_together(browser, served):
+    group, store, server = served
+    browser.get(server.url)
+    _wait(browser, "return window.review && review.ready")
+    server.stop()
+    body = browser.find_element("tag name", "body")
+    body.send_keys("n")
+    body.send_keys("a")  # two edits of the false alarm made offline, on version 1 then 2
+    browser.find_element("id", "comment").send_keys("mine", Keys.ENTER)
+    _wait(browser, "return review.ops.length === 2")
+    uuid = _candidate(store, FALSE_ALARM)["uuid"]
+    store.update(uuid, 1, {"status": "rejected"}, "bob")  # meanwhile on the server: version 2, bob's
+    server.start()
+    _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
+    assert "conflict: bob" in browser.find_element("id", "message").text
+    assert "nor 1 later edit" in browser.find_element("id", "message").text
+    kept = store.feature(uuid)
+    assert (kept["status"], kept["reviewer"], kept["comment"], kept["version"]) == ("rejected", "bob", "", 2)

@@ -66,6 +66,8 @@ async function main() {
   setupControls();
   setupKeys(config);
   await Promise.all([loadFeatures(), loadCells()]);
+  restoreOps();
+  sendOps();
   setInterval(sendOps, 2000);  // retries what could not be sent
   setInterval(refreshFeatures, 15000);  // another reviewer's changes
   window.addEventListener("beforeunload", (event) => {
@@ -216,11 +218,42 @@ function newId() {
   return "xxxxxxxx-xxxx-4xxx-8xxx-xxxxxxxxxxxx".replace(/x/g, () => Math.floor(Math.random() * 16).toString(16));
 }
 
+// An update is made on the version the reviewer saw: the feature's acknowledged version plus the edits of
+// it still queued. When one is refused as a conflict, the later edits of that feature in the queue are
+// dropped with it (they build on it), so none is applied over another reviewer's change.
 function enqueue(op) {
   op.op_id = newId();
+  if (op.kind === "update") {
+    const feature = state.features.getFeatureById(op.uuid);
+    const queued = state.ops.filter((other) => other.uuid === op.uuid).length;
+    op.version = (feature ? feature.get("version") || 0 : 0) + queued;
+  }
   state.ops.push(op);
+  saveOps();
   updateStatus();
   sendOps();
+}
+
+// The queue is kept in localStorage too, so a closed or crashed page sends it when opened again.
+function opsKey() {
+  return `changeflow-review:${state.config.group}:${state.config.provenance.run_id || ""}`;
+}
+
+function saveOps() {
+  try {
+    if (state.ops.length) localStorage.setItem(opsKey(), JSON.stringify(state.ops));
+    else localStorage.removeItem(opsKey());
+  } catch (error) {
+    say(`cannot keep unsaved edits in this browser (${error.message})`);
+  }
+}
+
+function restoreOps() {
+  const kept = JSON.parse(localStorage.getItem(opsKey()) || "[]");
+  if (kept.length) {
+    state.ops.push(...kept);
+    say(`${kept.length} unsaved edit(s) from an earlier visit restored; sending`);
+  }
 }
 
 async function sendOps() {
@@ -237,8 +270,7 @@ async function sendOps() {
         } else if (op.kind === "cell") {
           response = await write("PUT", `/api/cells/${op.row}/${op.col}`, { ...op.body, op_id: op.op_id });
         } else {
-          const version = feature ? feature.get("version") : 0;
-          response = await write("PATCH", `/api/features/${op.uuid}`, { ...op.body, version, op_id: op.op_id });
+          response = await write("PATCH", `/api/features/${op.uuid}`, { ...op.body, version: op.version, op_id: op.op_id });
         }
       } catch (error) {
         state.failing = true;
@@ -253,7 +285,9 @@ async function sendOps() {
       } else if (response.status === 409) {
         applyServer(answer.current);
         state.undo = state.undo.filter((step) => step.uuid !== op.uuid);  // that history is superseded
-        say(`conflict: ${answer.current.properties.reviewer || "someone"} changed this feature first; their version is shown, yours was not applied`);
+        const later = state.ops.slice(1).filter((other) => other.uuid === op.uuid).length;
+        state.ops = [op, ...state.ops.slice(1).filter((other) => other.uuid !== op.uuid)];
+        say(`conflict: ${answer.current.properties.reviewer || "someone"} changed this feature first; their version is shown, yours was not applied${later ? ` (nor ${later} later edit(s) of it)` : ""}`);
       } else if (response.status >= 500) {
         state.failing = true;
         say(`server error ${response.status}; retrying`);
@@ -263,6 +297,7 @@ async function sendOps() {
         if (op.kind === "add" && feature && !feature.get("version")) state.features.removeFeature(feature);
       }
       state.ops.shift();
+      saveOps();
       updateStatus();
     }
   } finally {
