@@ -303,6 +303,7 @@ def test_click_to_grow_adds_the_region_under_the_click(browser, served):
 
 
 def test_offline_edits_over_another_reviewers_change_are_refused_together(browser, served):
+    """Also: the server comes back with a new launch token, which the page picks up."""
     group, store, server = served
     browser.get(server.url)
     _wait(browser, "return window.review && review.ready")
@@ -314,6 +315,7 @@ def test_offline_edits_over_another_reviewers_change_are_refused_together(browse
     _wait(browser, "return review.ops.length === 2")
     uuid = _candidate(store, FALSE_ALARM)["uuid"]
     store.update(uuid, 1, {"status": "rejected"}, "bob")  # meanwhile on the server: version 2, bob's
+    server.app = create_app(group, store, TileSource(group), reviewer="selenium")  # restarted: a new token
     server.start()
     _wait(browser, "return document.getElementById('unsaved').textContent === 'all saved'")
     assert "conflict: bob" in browser.find_element("id", "message").text

@@ -292,9 +292,12 @@ async function sendOps() {
         state.failing = true;
         say(`server error ${response.status}; retrying`);
         return;
+      } else if (response.status === 403 && await renewToken()) {
+        continue;  // the server was restarted (a new launch token): send the same edit again
       } else {
         say(`refused (${response.status}): ${answer.detail}`);
         if (op.kind === "add" && feature && !feature.get("version")) state.features.removeFeature(feature);
+        if (op.kind === "update") await reloadFeature(op.uuid);  // undo the page's optimistic change
       }
       state.ops.shift();
       saveOps();
@@ -304,6 +307,18 @@ async function sendOps() {
     state.sending = false;
     updateStatus();
   }
+}
+
+async function renewToken() {
+  const config = await (await fetch("/api/config")).json();
+  if (config.token === state.config.token) return false;
+  state.config.token = config.token;
+  return true;
+}
+
+async function reloadFeature(uuid) {
+  const response = await fetch(`/api/features/${uuid}`);
+  if (response.ok) applyServer(await response.json());
 }
 
 function write(method, url, body) {
