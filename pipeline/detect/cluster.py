@@ -87,6 +87,30 @@ def device_resources(client: Any, device: str) -> dict[str, int] | None:
     return None
 
 
+def _device_type(device: str) -> str:
+    """On a worker: the type of the device a detection set up there would use."""
+    from pipeline.learn.device import resolve_device
+
+    return resolve_device(device).type
+
+
+def worker_device(client: Any, device: str) -> str:
+    """The device type detection tasks get on this cluster, as a worker they would go to resolves it.
+
+    Args:
+        client: a ``distributed.Client``.
+        device: the configured device.
+
+    Returns:
+        "cpu" or "cuda".
+
+    Raises:
+        ConfigError: a CUDA device is asked for and no worker offers the GPU resource, or the worker has none.
+    """
+    resources = device_resources(client, device)
+    return client.submit(_device_type, device, resources=resources, pure=False).result()
+
+
 def _unreadable(paths: list[str]) -> dict[str, str]:
     """On a worker: each path it cannot read, with the reason."""
     problems = {}

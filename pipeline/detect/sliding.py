@@ -38,7 +38,7 @@ import torch
 
 from pipeline.detect.accumulate import Blender, accumulate_blocks
 from pipeline.detect.blocks import BlockJob, assemble
-from pipeline.detect.cluster import dask_client, device_resources, stage_on_cluster
+from pipeline.detect.cluster import dask_client, stage_on_cluster, worker_device
 from pipeline.detect.output import OutputPaths, existing_run, write_rasters
 from pipeline.detect.reading import window_batches
 from pipeline.detect.setup import DetectSettings, Run, set_up, torch_threads
@@ -161,9 +161,8 @@ def _detect(group_dir: Path, checkpoint: Path, out_dir: Path, settings: DetectSe
     """:func:`detect_group` with its paths resolved, inside its thread setting."""
     started = time.perf_counter()
     with _block_cluster(settings) as client:
-        tag_device = None
-        if client is not None:  # checked before anything is staged; this process then only plans and writes
-            tag_device = "cuda" if device_resources(client, settings.device) else "cpu"
+        # Checked before anything is staged; this process then only plans and writes, on the CPU.
+        tag_device = worker_device(client, settings.device) if client is not None else None
         run = set_up(group_dir, checkpoint, replace(settings, device="cpu") if tag_device else settings, provenance,
                      tag_device)
         paths = OutputPaths.in_folder(out_dir, run.classes_k)
