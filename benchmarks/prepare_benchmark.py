@@ -47,6 +47,7 @@ that they run under the system Python that has the GDAL bindings.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -301,8 +302,10 @@ def _stage_summary(timings: dict, measured: Measured) -> dict:
     body = (body_end - body_start) if body_start and body_end else float("nan")
     # peak RSS of the main process and of the tree while each stage ran
     peaks = {}
-    for event in events:
-        inside = [s for s in measured["samples"] if event["t0"] <= s[0] <= event["t1"]]
+    samples = measured["samples"]  # in time order
+    times = [s[0] for s in samples]
+    for event in events:  # tens of thousands at 20000² (a read per tile and image): bisect, not a scan
+        inside = samples[bisect.bisect_left(times, event["t0"]):bisect.bisect_right(times, event["t1"])]
         if inside:
             old = peaks.get(event["stage"], (0.0, 0.0))
             peaks[event["stage"]] = (max(old[0], max(s[1] for s in inside)), max(old[1], max(s[2] for s in inside)))
