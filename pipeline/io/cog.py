@@ -1,7 +1,7 @@
 """Cloud-Optimized GeoTIFF writing: blocks → tiled staging GTiff → COG, renamed into place.
 
 The COG driver only copies from an existing dataset, so blocks are first streamed into a staging
-GTiff (deflate level 1, compressed on all CPUs), then copied with deflate (level 6 unless told), a predictor for continuous
+GTiff (deflate level 1), then copied with deflate (level 6 unless told), a predictor for continuous
 data (floating-point for floats), internal 512 px tiles and overviews (nearest for categorical data,
 average otherwise).
 The result is written under a temporary name and renamed, so a killed run never leaves a partial COG.
@@ -74,7 +74,7 @@ def write_cog_from_blocks(
     """
     gtiff = {
         **profile, "driver": "GTiff", "tiled": True, "blockxsize": COG_BLOCK, "blockysize": COG_BLOCK,
-        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer", "num_threads": "ALL_CPUS",
+        "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer",
     }
     floating = np.issubdtype(np.dtype(profile["dtype"]), np.floating)
     predictor = "no" if categorical else ("floating_point" if floating else "standard")
