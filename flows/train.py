@@ -27,4 +27,7 @@ def train_flow(
         result = train(config, Path(out_dir), resume=resume, progress=advance)
     print(f"{result['steps']} steps in {result['epochs_run']} epochs (ended by {result['stopped']}); "
           f"best epoch {result['best_epoch']}, val IoU {result['val_iou']:.4f}, test {result['test']}")
+    train_labels = result["labels"]["train"]
+    print(f"labels used for training: {train_labels['labelled_pixels']} labelled pixels "
+          f"({train_labels['change_pixels']} change) in {train_labels['tiles']} tiles")
     return result

@@ -797,6 +797,16 @@ def _validate_and_checkpoint(run: _Run, epoch: int, train_values: dict[str, floa
     save_checkpoint(run.out / "last.pt", run.payload(epoch))
 
 
+def _labels_used(run: _Run) -> dict[str, dict[str, int]]:
+    """Per split, the tiles and the labelled (not 255 = ignore) and change pixels training used: with a
+    label exported by ``changeflow review``, the labelled pixels are the reviewed ones."""
+    used = {}
+    for split, tiles in (("train", run.train_set), ("val", run.val_set), ("test", run.test_set)):
+        change, labelled = split_change_counts(tiles.rows, split) if len(tiles.rows) else (0, 0)
+        used[split] = {"tiles": len(tiles.rows), "labelled_pixels": labelled, "change_pixels": change}
+    return used
+
+
 def _final_test(run: _Run) -> dict[str, Any]:
     """Test metrics of the best checkpoint (once, at the end), written to ``metrics.json``."""
     best = load_checkpoint(run.out / "best.pt", run.device)
@@ -808,6 +818,6 @@ def _final_test(run: _Run) -> dict[str, Any]:
     stopped = run.stopped or ("max_steps" if steps is not None and run.step >= steps else "epochs")
     result = {"model": run.config.model, "best_epoch": best["epoch"], "val_iou": best["best_iou"], "test": test,
               "steps": run.step, "epochs_run": run.epochs_run,
-              "train_seconds": round(run.elapsed(), 1), "stopped": stopped}
+              "train_seconds": round(run.elapsed(), 1), "stopped": stopped, "labels": _labels_used(run)}
     write_atomic(run.out / "metrics.json", json.dumps(result, indent=1))
     return result

@@ -17,7 +17,8 @@ from tests.conftest import write_folder_dataset
 
 pytestmark = pytest.mark.integration
 
-FAKE_RESULT = {"best_epoch": 0, "val_iou": 0.5, "test": {"f1": 0.5}, "steps": 4, "epochs_run": 1, "stopped": "epochs"}
+FAKE_RESULT = {"best_epoch": 0, "val_iou": 0.5, "test": {"f1": 0.5}, "steps": 4, "epochs_run": 1, "stopped": "epochs",
+               "labels": {"train": {"tiles": 2, "labelled_pixels": 8192, "change_pixels": 100}}}
 
 
 def lock_is_free(lock: Path) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 
 from pipeline.config import TrainConfig
@@ -69,7 +71,13 @@ def test_checkpoint_holds_what_inference_needs(folder, tmp_path):
     assert checkpoint["bands"] == {"A": 3, "B": 3, "label": 1}
     assert set(checkpoint["normalization"]) == {"A", "B"}
     assert checkpoint["normalization"]["A"]["modality"] == "optical"
-    assert (tmp_path / "run" / "metrics.json").exists()
+    # The report says which labels training used (a reviewed label: its reviewed pixels), counted from the files.
+    labels = json.loads((tmp_path / "run" / "metrics.json").read_text())["labels"]
+    for split in ("train", "val", "test"):
+        masks = [rasterio.open(p).read(1) for p in sorted((folder / split / "label").glob("*.tif"))]
+        assert labels[split] == {"tiles": len(masks), "labelled_pixels": sum(m.size for m in masks),
+                                 "change_pixels": sum(int((m > 127).sum()) for m in masks)}
+    assert labels["train"]["change_pixels"] > 0
 
 
 def test_missing_tile_is_reported_before_training(folder, tmp_path):
