@@ -118,10 +118,8 @@ def block_plan(groups: list[Group], crs: CRS | None, config: PrepareConfig) -> B
         config: the prepare config (grid, tile size, ``split.block_tiles`` and ratios).
 
     Returns:
-        The plan: the block size to tile with and why it differs from the configured one.
-
-    Raises:
-        ConfigError: the groups are too small for a block per split even at one tile size.
+        The plan: the block size to tile with and why it differs from the configured one; groups too
+        small for a block per split even at one tile size give a note, not an error.
     """
     extents = []
     for group in groups:

@@ -104,9 +104,10 @@ def test_stop_cleanly_prints_what_finished_and_exits_130(tmp_path):
     script = textwrap.dedent("""
         import os, signal, time
         from flows.interrupt import note, stop_cleanly
+        before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background by a shell
         with stop_cleanly("rerun it"):
-            pass
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            assert signal.getsignal(signal.SIGINT) is not before
+        assert signal.getsignal(signal.SIGINT) is before
         with stop_cleanly("rerun the same command to resume"):
             if os.environ["NOTE"]:
                 note(os.environ["NOTE"])
