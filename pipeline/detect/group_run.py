@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from pipeline.config import DetectConfig
@@ -31,7 +30,7 @@ from pipeline.detect.report import write_report
 from pipeline.detect.sliding import DetectionResult, DetectSettings, Progress, detect_group
 from pipeline.detect.staging import PARTIAL_DIR
 from pipeline.detect.vectorize import vectorize
-from pipeline.errors import ChangeflowError, OutputError
+from pipeline.errors import ChangeflowError
 from pipeline.io.release import release
 from pipeline.learn.checkpoint import file_sha256, load_checkpoint
 
@@ -129,17 +128,6 @@ def _summary(group_dir: Path, result: DetectionResult, out: Path, count: int) ->
     return summary
 
 
-@contextmanager
-def _published_names(staged: Path, out: Path) -> Iterator[None]:
-    """A write error names the output as users know it (``out/{name}``), not its staged copy."""
-    try:
-        yield
-    except OutputError as exc:
-        if not exc.path.is_relative_to(staged):
-            raise
-        raise OutputError(out / exc.path.relative_to(staged), exc.problem) from exc
-
-
 def _reuse_published(out: Path, staged: Path) -> None:
     """Hard-link the published rasters into the staged release: a rerun of the same detection keeps them.
 
@@ -201,7 +189,7 @@ def run_group(
         ValueError: for settings that do not fit the scene.
     """
     timings: dict[str, float] = {}
-    with release(out) as staged, _published_names(staged, out):
+    with release(out) as staged:
         _reuse_published(out, staged)
         started = time.perf_counter()
         result, inputs, attributes, classes_k = _detect(group_dir, config, staged, out, progress, device_slot)

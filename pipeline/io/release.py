@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import OutputError
 from pipeline.io.atomic import partial_folder, remove_abandoned_partials
 
 RELEASES = "releases"
@@ -40,6 +41,8 @@ def release(out_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Path]:
 
     Raises:
         FileNotFoundError: the block left a name of ``required`` unwritten (nothing is published).
+        OutputError: a write in the block failed for its disk or folder; it names the output as users
+            know it (``OUT/{name}``), not its staged copy.
     """
     staging_name = Path(out_dir) / RELEASES / "next"
     remove_abandoned_partials(staging_name)  # left by killed runs
@@ -47,6 +50,11 @@ def release(out_dir: Path, required: tuple[str, ...] = ()) -> Iterator[Path]:
     try:
         yield staging
         publish(staging, Path(out_dir), required)
+    except OutputError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not exc.path.is_relative_to(staging):
+            raise
+        raise OutputError(Path(out_dir) / exc.path.relative_to(staging), exc.problem) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import pipeline.io.release as publish_module
+from pipeline.errors import OutputError
 from pipeline.io.release import release
 
 FILES = ("catalog.gpkg", "config.yaml", "prepare_report.json", "coregistration.json")
@@ -146,3 +147,11 @@ def test_a_name_the_new_release_lacks_is_no_longer_published(tmp_path):
         (staged / "change_class.tif").write_text("run2")
     assert sorted(p.name for p in out.iterdir()) == ["change_class.tif", "current", "notes.md", "releases"]
     assert (out / "change_class.tif").read_text() == "run2"
+
+
+def test_a_write_error_names_the_output_users_know_not_its_staged_copy(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputError) as error, release(out) as staged:
+        raise OutputError(staged / "tiles" / "train" / "A" / "t1.tif", "no space left on device")
+    assert str(error.value) == f"cannot write {out / 'tiles' / 'train' / 'A' / 't1.tif'}: no space left on device"
+    assert [p.name for p in (out / "releases").iterdir()] == []  # the staged copy is gone
