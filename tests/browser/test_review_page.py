@@ -256,14 +256,19 @@ def test_review_page_end_to_end(browser, served, tmp_path):
     assert (label[:20, :20] == 255).all()  # not reviewed
 
 
-def test_unsaved_edits_wait_for_the_server_and_are_retried(browser, served):
-    group, store, server = served
+def _accept_the_false_alarm_offline(browser, server) -> None:
+    """Open the page, stop the server, then go to the false alarm (n) and accept it (a)."""
     browser.get(server.url)
     _wait(browser, "return window.review && review.ready")
     server.stop()
     body = browser.find_element("tag name", "body")
     body.send_keys("n")
-    body.send_keys("a")  # the false alarm, accepted while the server is away
+    body.send_keys("a")
+
+
+def test_unsaved_edits_wait_for_the_server_and_are_retried(browser, served):
+    group, store, server = served
+    _accept_the_false_alarm_offline(browser, server)
     _wait(browser, "return document.getElementById('unsaved').textContent === '1 unsaved'")
     leaving = "const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); return e.defaultPrevented;"
     assert browser.execute_script(leaving) is True  # the page warns before it is closed
@@ -305,12 +310,7 @@ def test_click_to_grow_adds_the_region_under_the_click(browser, served):
 def test_offline_edits_over_another_reviewers_change_are_refused_together(browser, served):
     """Also: the server comes back with a new launch token, which the page picks up."""
     group, store, server = served
-    browser.get(server.url)
-    _wait(browser, "return window.review && review.ready")
-    server.stop()
-    body = browser.find_element("tag name", "body")
-    body.send_keys("n")
-    body.send_keys("a")  # two edits of the false alarm made offline, on version 1 then 2
+    _accept_the_false_alarm_offline(browser, server)  # two edits made offline, on version 1 then 2
     browser.find_element("id", "comment").send_keys("mine", Keys.ENTER)
     _wait(browser, "return review.ops.length === 2")
     uuid = _candidate(store, FALSE_ALARM)["uuid"]
