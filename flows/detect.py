@@ -21,11 +21,12 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
+from flows.cluster import with_dask
 from flows.gpu import gpu_slot, uses_gpu
 from flows.interrupt import note
 from flows.progress import progress_bar
 from pipeline.config import DetectConfig, load_config
-from pipeline.detect.cluster import check_workers, connect, device_resources
+from pipeline.detect.cluster import check_workers, device_resources
 from pipeline.detect.group_run import prepared_groups, run_group
 from pipeline.detect.shard import Shard, follow_group
 from pipeline.detect.sliding import DetectSettings
@@ -153,26 +154,6 @@ def detect_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     return summaries
 
 
-def detect_on(dask_address: str | None) -> Any:
-    """The detect flow on threads, or on the Dask scheduler at ``dask_address`` (checked first).
-
-    Args:
-        dask_address: ``tcp://HOST:PORT``, or None.
-
-    Returns:
-        The flow to call.
-
-    Raises:
-        ChangeflowError: the scheduler cannot be reached (nothing is written).
-    """
-    if not dask_address:
-        return detect_flow
-    from prefect_dask import DaskTaskRunner
-
-    connect(dask_address).close()
-    return detect_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
-
-
 def run_detect(config_path: Path, out_dir: Path, *, dask_address: str | None = None, progress: bool = False) -> dict:
     """Run the detect flow on threads, or on a Dask cluster (``--dask-address``, else the config's ``dask_address``).
 
@@ -189,7 +170,7 @@ def run_detect(config_path: Path, out_dir: Path, *, dask_address: str | None = N
         ChangeflowError: as :func:`detect_flow`, or an unreachable scheduler.
     """
     config = load_config(Path(config_path), DetectConfig)
-    return detect_on(dask_address or config.dask_address)(str(config_path), str(out_dir), progress)
+    return with_dask(detect_flow, dask_address or config.dask_address)(str(config_path), str(out_dir), progress)
 
 
 def follow_detection(config_path: Path, out_dir: Path, shard: Shard) -> int:

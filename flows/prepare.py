@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from rasterio.crs import CRS
 
+from flows.cluster import with_dask
 from flows.interrupt import note
 from flows.progress import progress_bar
 from pipeline.config import PrepareConfig, load_config
@@ -139,10 +140,5 @@ def _tracked(futures: list, show: bool):
 
 
 def run_prepare(config_path: Path, out_dir: Path, *, dask_address: str | None = None, progress: bool = False) -> dict:
-    """Run the prepare flow on threads, or on an existing Dask cluster through prefect-dask."""
-    runnable = prepare_flow
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        runnable = prepare_flow.with_options(task_runner=DaskTaskRunner(address=dask_address))
-    return runnable(str(config_path), str(out_dir), progress)
+    """Run the prepare flow on threads, or on an existing Dask cluster through prefect-dask (checked first)."""
+    return with_dask(prepare_flow, dask_address)(str(config_path), str(out_dir), progress)

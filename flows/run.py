@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 from prefect import flow
 
-from flows.detect import detect_on
+from flows.cluster import with_dask
+from flows.detect import detect_flow
 from flows.prepare import prepare_flow
 from flows.train import train_flow
 from pipeline.config import RunConfig, load_config
@@ -42,7 +43,7 @@ def run_flow(config_path: str, out_dir: str, progress: bool = False) -> dict:
     report = {"prepare": prepare_flow(str(stage_files["prepare"][0]), str(prepared), progress)}
     if config.trains:
         report["train"] = train_flow(str(stage_files["train"][0]), str(model_dir), progress=progress)
-    detect = detect_on(config.detect_config(prepared, model_dir / "best.pt").dask_address)  # threads or Dask
+    detect = with_dask(detect_flow, config.detect_config(prepared, model_dir / "best.pt").dask_address)  # threads or Dask
     report["detect"] = detect(str(stage_files["detect"][0]), str(detected), progress)
     if config.compare:
         name = config.train_config(prepared).model if config.trains else str(config.detect["method"])
